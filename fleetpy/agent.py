@@ -1,0 +1,372 @@
+"""The agent: makes this machine's systemd run what the schedule places here, and reports what it runs.
+
+* ``Presence`` keeps the machine registered: its key on a lease that a task keeps alive. A lost lease means
+  registering again (and publishing every unit state again), never stopping units. A restarted daemon takes
+  its own lease back from a file in its runtime directory, so a restart is invisible to the cluster; a live
+  registration of the same machine ID by another daemon is refused.
+* ``Agent`` mirrors only ``schedule/<this machine>/`` and reconciles it with the unit files it wrote: the pure
+  ``plan.agent_plan`` gives ordered actions, executed until the first failure. When etcd cannot be reached the
+  mirror keeps what it last saw, so nothing is stopped for that reason. At start the agent adopts what its
+  unit directory holds: a running unit counts as launched and is not restarted.
+* Unit states come from systemd's ``PropertiesChanged`` signals; changed states are published in batches on the
+  machine lease, so they vanish with the machine and need no periodic refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+from fleetpy import __version__
+from fleetpy.errors import ConfigError, FleetError, InvalidUnit, RegistryUnavailable, SystemdError, SystemdUnavailable
+from fleetpy.loop import Reconciler
+from fleetpy.model import DesiredState, Machine, MachineID, UnitState
+from fleetpy.plan import ActionKind, AgentAction, Current, Desired, agent_plan, apply_agent_action
+from fleetpy.registry.base import AgentRegistry, PresenceRegistry
+from fleetpy.registry.ops import backoff_delays
+from fleetpy.systemd.base import Systemd
+from fleetpy.systemd.unitdir import UnitDirectory
+from fleetpy.unit import UnitFile, hash_text
+
+log = logging.getLogger(__name__)
+
+
+class MachineInUse(ConfigError):
+    """Another live fleetpyd has registered this machine ID."""
+
+
+class Presence:
+    """This machine's registration in etcd."""
+
+    def __init__(self, registry: PresenceRegistry, machine: Machine, *, ttl: int, lease_file: str | None) -> None:
+        self.registry = registry
+        self.machine = machine
+        self.ttl = ttl
+        self.lease_file = lease_file
+        self.lease = 0
+        self.registered = asyncio.Event()
+        self._on_new_lease: list[Callable[[], None]] = []
+
+    def on_new_lease(self, callback: Callable[[], None]) -> None:
+        self._on_new_lease.append(callback)
+
+    def _saved_lease(self) -> int:
+        if not self.lease_file:
+            return 0
+        try:
+            with open(self.lease_file) as handle:
+                return int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _save_lease(self) -> None:
+        if self.lease_file:
+            os.makedirs(os.path.dirname(self.lease_file), exist_ok=True)
+            with open(self.lease_file, "w") as handle:
+                handle.write(f"{self.lease}\n")
+
+    async def establish(self) -> None:
+        """Register, retrying while etcd is unreachable. ``MachineInUse`` if another daemon holds the ID."""
+        delays = iter(backoff_delays(0.2, 5.0))
+        while True:
+            try:
+                await self._establish_once()
+                return
+            except RegistryUnavailable as exc:
+                log.warning("registering machine %s: %s", self.machine.id, exc)
+                await asyncio.sleep(next(delays))
+
+    async def _establish_once(self) -> None:
+        saved = self._saved_lease()
+        current = await self.registry.machine_lease(self.machine.id)
+        if saved and current == saved and await self.registry.keepalive_lease(saved) > 0:
+            self.lease = saved
+            log.info("machine %s: took back registration lease %x", self.machine.id, saved)
+        else:
+            if current is not None and current != saved:
+                await self._check_foreign(current)
+            self.lease = await self.registry.grant_lease(self.ttl)
+        await self.registry.register_machine(self.machine, self.lease)
+        self._save_lease()
+        self.registered.set()
+        log.info("machine %s registered (agent TTL %ds)", self.machine.id, self.ttl)
+
+    async def _check_foreign(self, lease: int) -> None:
+        """A registration we did not make: refuse if someone keeps it alive, otherwise clear it."""
+        first = await self.registry.lease_ttl(lease)
+        if first > 0:
+            wait = self.ttl / 3 + 1
+            log.info(
+                "machine %s is registered by lease %x: checking whether it is alive (%.0fs)",
+                self.machine.id,
+                lease,
+                wait,
+            )
+            await asyncio.sleep(wait)
+            second = await self.registry.lease_ttl(lease)
+            if second > first - wait + 1.5:
+                raise MachineInUse(
+                    f"machine ID {self.machine.id} is already in use by a running fleetpyd (its registration is "
+                    "being kept alive); give this host its own ID with machine_id or --machine-id"
+                )
+            with contextlib.suppress(RegistryUnavailable):
+                await self.registry.revoke_lease(lease)
+            log.info("machine %s: cleared a stale registration (lease %x)", self.machine.id, lease)
+
+    async def run(self) -> None:
+        """Keep the lease alive at a third of its TTL; register again if it was lost."""
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.ttl / 3 if failing_since is None else 0.5)
+            try:
+                remaining = await self.registry.keepalive_lease(self.lease)
+                if remaining <= 0:
+                    log.warning("machine %s: registration lease expired; registering again", self.machine.id)
+                    self.registered.clear()
+                    self.lease = await self.registry.grant_lease(self.ttl)
+                    await self.registry.register_machine(self.machine, self.lease)
+                    self._save_lease()
+                    self.registered.set()
+                    for callback in self._on_new_lease:
+                        callback()
+                if failing_since is not None:
+                    log.info(
+                        "machine %s: etcd reachable again after %.1fs", self.machine.id, loop.time() - failing_since
+                    )
+                failing_since = None
+            except RegistryUnavailable as exc:
+                if failing_since is None:
+                    failing_since = loop.time()
+                    log.warning("machine %s: cannot refresh registration: %s", self.machine.id, exc)
+
+    async def leave(self) -> None:
+        """Deregister: the machine key and its unit states go at once (graceful shutdown)."""
+        with contextlib.suppress(RegistryUnavailable):
+            await self.registry.deregister_machine(self.machine.id)
+            await self.registry.revoke_lease(self.lease)
+        if self.lease_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self.lease_file)
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        registry: AgentRegistry,
+        systemd: Systemd,
+        unitdir: UnitDirectory,
+        presence: Presence,
+        interval: float = 5.0,
+        resync_interval: float = 60.0,
+    ) -> None:
+        self.registry = registry
+        self.systemd = systemd
+        self.unitdir = unitdir
+        self.presence = presence
+        self.machine: MachineID = presence.machine.id
+        self.interval = interval
+        self.resync_interval = resync_interval
+        self.current: dict[str, Current] = {}
+        self.adopted = asyncio.Event()
+        self._schedule = registry.schedule_prefix(self.machine)
+        self._mirror = registry.mirror([self._schedule])
+        self.reconciler = Reconciler("agent", self._pass, interval=interval, wake=self._mirror.changed)
+        self._dirty: set[str] = set()
+        self._report = asyncio.Event()
+        self._published: dict[str, UnitState] = {}
+        systemd.on_change(self._on_systemd_change)
+        presence.on_new_lease(self._republish_all)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def connect_systemd(self) -> None:
+        delays = iter(backoff_delays(0.2, 5.0))
+        while True:
+            try:
+                await self.systemd.connect()
+                return
+            except SystemdUnavailable as exc:
+                log.warning("agent: %s", exc)
+                await asyncio.sleep(next(delays))
+
+    async def adopt(self) -> None:
+        """Take over what the unit directory holds: running units count as launched and keep running."""
+        self.unitdir.ensure()
+        files = self.unitdir.units()
+        statuses = await self.systemd.statuses(sorted(files))
+        self.current.clear()
+        for name, unit_hash in sorted(files.items()):
+            status = statuses.get(name)
+            if status is None or status.load == "not-found":
+                continue  # the file is there but systemd does not know it: load it again
+            achieved = DesiredState.LAUNCHED if status.running else DesiredState.LOADED
+            self.current[name] = Current(unit_hash, achieved)
+            log.info("agent: adopted %s (%s, %s/%s)", name, achieved, status.active, status.sub)
+        self._dirty |= set(self.current)
+        self._report.set()
+        self.adopted.set()
+
+    async def _clear_stale_states(self) -> None:
+        """Unit states this machine published before a restart for units it no longer has."""
+        await self.presence.registered.wait()
+        delays = iter(backoff_delays(0.2, 5.0))
+        while True:
+            try:
+                stale = [s.unit for s in await self.registry.list_states(self.machine) if s.unit not in self.current]
+                if stale:
+                    await self.registry.publish_states(self.machine, self.presence.lease, [], stale)
+                return
+            except RegistryUnavailable:
+                await asyncio.sleep(next(delays))
+
+    async def run(self) -> None:
+        await self.connect_systemd()
+        await self.adopt()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._mirror.run())
+            group.create_task(self.reconciler.run())
+            group.create_task(self._report_loop())
+            group.create_task(self._clear_stale_states())
+            group.create_task(self._resync_loop())
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def _pass(self) -> float | None:
+        if not self._mirror.loaded.is_set():
+            return None  # nothing known about the schedule yet: never act on no data
+        desired = {name: Desired(e.hash, e.desired) for name, e in self._schedule.items.items()}
+        for action in agent_plan(desired, self.current):
+            try:
+                await self._execute(action)
+            except SystemdUnavailable:
+                await self.connect_systemd()
+                return 0.5
+            except (SystemdError, InvalidUnit, BodyMissing, OSError) as exc:
+                log.error(
+                    "agent: task failed: type=%s job=%s reason=%r: %s",
+                    action.kind.name,
+                    action.unit,
+                    action.reason,
+                    exc,
+                )
+                return 2.0
+            log.info(
+                "AgentReconciler completed task: type=%s job=%s reason=%r",
+                action.kind.name,
+                action.unit or "-",
+                action.reason,
+            )
+            apply_agent_action(self.current, action)
+            if action.unit:
+                self._dirty.add(action.unit)
+                self._report.set()
+        return None
+
+    async def _execute(self, action: AgentAction) -> None:
+        name = action.unit
+        if action.kind == ActionKind.LOAD:
+            body = await self.registry.get_body(action.hash)
+            if body is None or hash_text(body) != action.hash:
+                raise BodyMissing(f"body {action.hash[:7]} of {name} is missing or damaged in etcd")
+            path = self.unitdir.write(name, body)
+            await self.systemd.link([path])
+            if UnitFile.from_text(body).has_install_section:
+                try:
+                    await self.systemd.enable([path])
+                except SystemdError:
+                    self.unitdir.remove(name)
+                    await self.systemd.disable([name])
+                    raise
+        elif action.kind == ActionKind.UNLOAD:
+            await self.systemd.stop(name)
+            await self.systemd.disable([name])
+            await self.systemd.reset_failed(name)
+            self.unitdir.remove(name)
+        elif action.kind == ActionKind.RELOAD:
+            await self.systemd.reload()
+        elif action.kind == ActionKind.START:
+            await self.systemd.start(name)
+        elif action.kind == ActionKind.STOP:
+            await self.systemd.stop(name)
+
+    async def stop_all(self) -> None:
+        """Stop and unload every unit this agent runs (graceful shutdown, as fleet's Purge)."""
+        for action in agent_plan({}, self.current):
+            try:
+                await self._execute(action)
+                apply_agent_action(self.current, action)
+            except FleetError as exc:
+                log.error("agent: during shutdown, %s of %s failed: %s", action.kind.name, action.unit, exc)
+
+    # ------------------------------------------------------------------ unit states
+
+    def _on_systemd_change(self, name: str) -> None:
+        if name in self.current or name in self._published:
+            self._dirty.add(name)
+            self._report.set()
+
+    def _republish_all(self) -> None:
+        self._published.clear()
+        self._dirty |= set(self.current)
+        self._report.set()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            self._dirty |= set(self.current) | set(self._published)
+            self._report.set()
+
+    async def _report_loop(self) -> None:
+        delays = iter(backoff_delays(0.2, 5.0))
+        while True:
+            await self._report.wait()
+            await asyncio.sleep(0.02)  # gather a burst of signals into one batch
+            self._report.clear()
+            names, self._dirty = self._dirty, set()
+            try:
+                await self._publish(names)
+                delays = iter(backoff_delays(0.2, 5.0))
+            except (RegistryUnavailable, SystemdUnavailable) as exc:
+                log.debug("agent: publishing unit states: %s", exc)
+                self._dirty |= names
+                await asyncio.sleep(next(delays))
+                self._report.set()
+                if isinstance(exc, SystemdUnavailable):
+                    await self.connect_systemd()
+
+    async def _publish(self, names: set[str]) -> None:
+        await self.presence.registered.wait()
+        managed = sorted(n for n in names if n in self.current)
+        statuses = await self.systemd.statuses(managed)
+        puts: list[UnitState] = []
+        for name in managed:
+            status = statuses.get(name)
+            if status is None:
+                continue
+            current = self.current[name]
+            state = UnitState(
+                name, self.machine, status.load, status.active, status.sub, current.hash, current.achieved
+            )
+            if self._published.get(name) != state:
+                puts.append(state)
+        removed = sorted(n for n in names if n not in self.current and n in self._published)
+        if not puts and not removed:
+            return
+        await self.registry.publish_states(self.machine, self.presence.lease, puts, removed)
+        for state in puts:
+            self._published[state.unit] = state
+        for name in removed:
+            self._published.pop(name, None)
+
+
+class BodyMissing(FleetError):
+    """A schedule entry names a body that etcd does not hold (yet)."""
+
+
+def local_machine(machine_id: str, public_ip: str, metadata: dict[str, str]) -> Machine:
+    return Machine(MachineID(machine_id), public_ip, metadata, __version__, {})

@@ -1,0 +1,301 @@
+"""fleet's HTTP API v1 as an aiohttp application (FLEET-SPEC §4), with the handler quirks of §9.8 fixed.
+
+Handlers are thin: validate, call the registry, shape the JSON. Errors become fleet's error body
+``{"error": {"code": N, "message": "..."}}`` in one middleware; a request that is refused changes nothing.
+Paths are served under ``/fleet/v1`` and the legacy ``/v1-alpha``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from fleetpy import __version__
+from fleetpy.api import schema
+from fleetpy.api.schema import BadRequest
+from fleetpy.errors import Conflict, FleetError, InvalidUnit, RegistryUnavailable, UnitNotFound
+from fleetpy.model import DesiredState, MachineID, UnitRecord, UnitView
+from fleetpy.registry.base import ApiRegistry
+from fleetpy.unit import UnitFile, UnitOption, name_info, validate_name, validate_requirements
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("/fleet/v1", "/v1-alpha")
+MAX_BODY = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REGISTRY: web.AppKey[ApiRegistry] = web.AppKey("registry")
+SETTINGS: web.AppKey[ApiSettings] = web.AppKey("settings")
+
+
+class HttpError(Exception):
+    """Answer with this status and message (for statuses that have no FleetError of their own)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiSettings:
+    def __init__(self, *, token_limit: int = 100, ready: Callable[[], bool] = lambda: True) -> None:
+        self.token_limit = token_limit
+        self.ready = ready
+        self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"code": status, "message": message}}, status=status)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc.args[0]) if exc.args else ""
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    if not settings.ready():
+        return error_response(503, "fleet server unable to communicate with etcd")
+    try:
+        response = await handler(request)
+    except BadRequest as exc:
+        response = error_response(400, _message(exc))
+    except InvalidUnit as exc:
+        response = error_response(400, _message(exc))
+    except UnitNotFound as exc:
+        response = error_response(404, _message(exc))
+    except Conflict as exc:
+        response = error_response(409, _message(exc))
+    except RegistryUnavailable as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        response = error_response(503, f"fleet server unable to communicate with etcd: {exc}")
+    except HttpError as exc:
+        response = error_response(exc.status, _message(exc))
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response(413, f"request body larger than {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        response = error_response(exc.status, "")
+    except FleetError as exc:
+        log.error("%s %s: %s", request.method, request.path, exc)
+        response = error_response(500, _message(exc))
+    response.headers["Server"] = f"fleetpyd/{__version__}"
+    return response
+
+
+async def _options_of(request: web.Request, view: UnitView) -> tuple[UnitOption, ...]:
+    settings = request.app[SETTINGS]
+    cache = settings.options_cache
+    unit_hash = view.record.hash
+    options = cache.get(unit_hash)
+    if options is None:
+        body = await request.app[REGISTRY].get_body(unit_hash)
+        options = UnitFile.from_text(body).options if body is not None else ()
+        cache[unit_hash] = options
+        if len(cache) > 20000:
+            cache.popitem(last=False)
+    return options
+
+
+async def _unit_json(request: web.Request, view: UnitView) -> dict[str, Any]:
+    return schema.unit_json(
+        name=view.record.name,
+        desired=view.record.desired,
+        current=view.current,
+        machine=view.machine,
+        options=await _options_of(request, view),
+    )
+
+
+def _method_not_allowed(message: str) -> Handler:
+    async def handler(_request: web.Request) -> web.StreamResponse:
+        return error_response(405, message)
+
+    return handler
+
+
+async def not_found(_request: web.Request) -> web.StreamResponse:
+    return error_response(404, "")
+
+
+# ---------------------------------------------------------------------------------------------- machines
+
+
+async def list_machines(request: web.Request) -> web.StreamResponse:
+    machines = await request.app[REGISTRY].list_machines()
+    items = [schema.machine_json(m) for m in machines]
+    return web.json_response(schema.page(items, "machines", request.query, request.app[SETTINGS].token_limit))
+
+
+# ---------------------------------------------------------------------------------------------- units
+
+
+async def list_units(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    views = await request.app[REGISTRY].list_units()
+    number = schema.decode_token(request.query.getall("nextPageToken", []), settings.token_limit)
+    start = (number - 1) * settings.token_limit
+    chunk = views[start : start + settings.token_limit]
+    items = [await _unit_json(request, v) for v in chunk]
+    body: dict[str, Any] = {}
+    if items:
+        body["units"] = items
+    if len(items) == settings.token_limit:
+        body["nextPageToken"] = schema.encode_token(settings.token_limit, number + 1)
+    return web.json_response(body)
+
+
+async def get_unit(request: web.Request) -> web.StreamResponse:
+    view = await request.app[REGISTRY].get_unit(request.match_info["name"])
+    if view is None:
+        raise UnitNotFound("unit does not exist")
+    return web.json_response(await _unit_json(request, view))
+
+
+async def delete_unit(request: web.Request) -> web.StreamResponse:
+    if not await request.app[REGISTRY].destroy_unit(request.match_info["name"]):
+        raise UnitNotFound("unit does not exist")
+    return web.Response(status=204)
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    content_types = request.headers.getall("Content-Type", [])
+    if len(content_types) != 1:
+        raise HttpError(415, f"expected 1 Content-Type, got {len(content_types)}")
+    if content_types[0].split(";", 1)[0].strip().lower() != "application/json":
+        raise HttpError(415, "only acceptable Content-Type is application/json")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"unable to decode body: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("unable to decode body: expected a JSON object")
+    return body
+
+
+def _desired(raw: Any) -> DesiredState | None:
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str):
+        raise BadRequest("unable to decode body: desiredState must be a string")
+    try:
+        return DesiredState.parse(raw)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _check_template(name: str, desired: DesiredState) -> None:
+    if desired != DesiredState.INACTIVE and name_info(name).is_template:
+        raise BadRequest(f'cannot activate template "{name}"')
+
+
+def _unit_from_options(options: list[UnitOption]) -> UnitFile:
+    unit = UnitFile.from_options(options)
+    validate_requirements(unit.xfleet)
+    return unit
+
+
+def _record(name: str, unit: UnitFile, desired: DesiredState) -> UnitRecord:
+    return UnitRecord(name=name, hash=unit.hash, desired=desired, is_global=unit.is_global, requirements=unit.xfleet)
+
+
+async def put_unit(request: web.Request) -> web.StreamResponse:
+    registry = request.app[REGISTRY]
+    url_name = request.match_info["name"]
+    body = await _read_json(request)
+    body_name = body.get("name") or ""
+    if not isinstance(body_name, str):
+        raise BadRequest("unable to decode body: name must be a string")
+    if body_name and body_name != url_name:
+        raise BadRequest(f'name in URL "{url_name}" differs from unit name in request body "{body_name}"')
+    validate_name(url_name)
+    options = schema.parse_options(body.get("options"))
+    desired = _desired(body.get("desiredState"))
+    existing = await registry.get_unit(url_name)
+
+    if existing is None:
+        if not options:
+            raise Conflict("unit does not exist and options field empty")
+        unit = _unit_from_options(options)
+        state = desired or DesiredState.INACTIVE
+        _check_template(url_name, state)
+        if not await registry.create_unit(_record(url_name, unit, state), unit.text):
+            raise Conflict(f"unit {url_name} was created by another request at the same time")
+        return web.Response(status=201)
+
+    if options:
+        unit = _unit_from_options(options)
+        if unit.hash != existing.record.hash:
+            state = desired or DesiredState.INACTIVE
+            _check_template(url_name, state)
+            await registry.replace_unit(_record(url_name, unit, state), unit.text, existing.revision)
+            return web.Response(status=201)
+
+    if desired is None:
+        raise Conflict("must provide DesiredState to update existing unit")
+    _check_template(url_name, desired)
+    if desired != existing.record.desired:
+        record = existing.record
+        updated = UnitRecord(record.name, record.hash, desired, record.is_global, record.requirements)
+        await registry.set_desired(updated, existing.revision)
+    return web.Response(status=204)
+
+
+# ---------------------------------------------------------------------------------------------- states
+
+
+async def list_states(request: web.Request) -> web.StreamResponse:
+    machine = request.query.get("machineID")
+    unit = request.query.get("unitName")
+    states = await request.app[REGISTRY].list_states(MachineID(machine) if machine else None)
+    if unit:
+        states = [s for s in states if s.unit == unit]
+    items = [schema.state_json(s) for s in states]
+    return web.json_response(schema.page(items, "states", request.query, request.app[SETTINGS].token_limit))
+
+
+async def get_state(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    states = [s for s in await request.app[REGISTRY].list_states() if s.unit == name]
+    if not states:
+        raise UnitNotFound("unit state does not exist")
+    return web.json_response(schema.state_json(states[0]))
+
+
+# ---------------------------------------------------------------------------------------------- the app
+
+
+def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[REGISTRY] = registry
+    app[SETTINGS] = settings or ApiSettings()
+    for prefix in PREFIXES:
+        app.router.add_route("GET", f"{prefix}/machines", list_machines)
+        app.router.add_route(
+            "*", f"{prefix}/machines", _method_not_allowed("only GET and PATCH supported against this resource")
+        )
+        app.router.add_route("GET", f"{prefix}/units", list_units)
+        app.router.add_route("*", f"{prefix}/units", _method_not_allowed("only GET supported against this resource"))
+        app.router.add_route("GET", f"{prefix}/units/{{name}}", get_unit)
+        app.router.add_route("PUT", f"{prefix}/units/{{name}}", put_unit)
+        app.router.add_route("DELETE", f"{prefix}/units/{{name}}", delete_unit)
+        app.router.add_route(
+            "*",
+            f"{prefix}/units/{{name}}",
+            _method_not_allowed("only GET, PUT and DELETE supported against this resource"),
+        )
+        app.router.add_route("GET", f"{prefix}/state", list_states)
+        app.router.add_route("*", f"{prefix}/state", _method_not_allowed("only GET supported against this resource"))
+        app.router.add_route("GET", f"{prefix}/state/{{name}}", get_state)
+        app.router.add_route(
+            "*", f"{prefix}/state/{{name}}", _method_not_allowed("only GET supported against this resource")
+        )
+        app.router.add_route("*", prefix, _method_not_allowed(""))
+    app.router.add_route("*", "/", _method_not_allowed(""))
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app

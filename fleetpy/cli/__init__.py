@@ -1,0 +1,1 @@
+"""The command lines: ``fleetpyd`` (the daemon, and ``fleetpyd dev``) and ``fleetpyctl`` (fleetctl's commands)."""

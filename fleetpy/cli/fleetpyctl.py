@@ -1,0 +1,743 @@
+"""``fleetpyctl``: fleetctl's commands, flags and output (FLEET-SPEC §1), with the quirks of §9 fixed.
+
+Thin front door: each command parses, talks to the API through ``fleetpy.client``, prints. Errors are turned
+into messages and exit codes in one place (``CliError`` and ``_run``); state travels on the click context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from fleetpy import __version__
+from fleetpy.cli.output import check_fields, format_metadata, machine_id_legend, machine_legend, tabwrite
+from fleetpy.client import ApiError, ApiUnit, Client, EndpointUnavailable
+from fleetpy.config import DEFAULT_API_SOCKET
+from fleetpy.errors import FleetError, InvalidUnit
+from fleetpy.model import DesiredState
+from fleetpy.unit import (
+    FLEETCTL_SUFFIXES,
+    UnitFile,
+    mangle_name,
+    name_info,
+    serialize,
+    unknown_requirement_warnings,
+    validate_name,
+    validate_requirements,
+)
+
+T = TypeVar("T")
+DEFAULT_ENDPOINT = f"unix://{DEFAULT_API_SOCKET}"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+POLL = 0.25
+ATTEMPT = 2.0
+
+
+class CliError(Exception):
+    """Print ``message`` to stderr and exit with ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class Ctl:
+    endpoint: str
+    timeout: float
+    client: Client | None = None
+    _ips: dict[str, str] | None = field(default=None)
+
+    async def ips(self) -> dict[str, str]:
+        """Machine ID → public IP, fetched once per invocation."""
+        if self._ips is None:
+            assert self.client is not None
+            self._ips = {m.id: m.primary_ip for m in await self.client.machines()}
+        return self._ips
+
+
+def _run(ctx: click.Context, body: Callable[[Ctl, Client], Awaitable[int | None]]) -> None:
+    ctl: Ctl = ctx.obj
+
+    async def main() -> int | None:
+        async with Client(ctl.endpoint, timeout=ctl.timeout) as client:
+            ctl.client = client
+            return await body(ctl, client)
+
+    try:
+        code = asyncio.run(main())
+    except CliError as exc:
+        if exc.message:
+            click.echo(exc.message, err=True)
+        sys.exit(exc.code)
+    except (EndpointUnavailable, ApiError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except FleetError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+def block_attempts(no_block: bool, attempts: int) -> int:
+    """fleetctl's getBlockAttempts: -1 do not wait, 0 wait forever, N about 2·N seconds."""
+    if no_block:
+        return -1
+    return max(attempts, 0)
+
+
+# -------------------------------------------------------------------------------------------------- the group
+
+
+@click.group(context_settings=CONTEXT, invoke_without_command=True)
+@click.option(
+    "--endpoint",
+    envvar="FLEETPYCTL_ENDPOINT",
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    help="fleetpy API endpoint: unix:///path.sock or http://host:port (env FLEETPYCTL_ENDPOINT).",
+)
+@click.option(
+    "--request-timeout",
+    envvar="FLEETPYCTL_REQUEST_TIMEOUT",
+    default=10.0,
+    type=float,
+    show_default=True,
+    help="Timeout of each API request in seconds (env FLEETPYCTL_REQUEST_TIMEOUT).",
+)
+@click.option("-v", "--version", "show_version", is_flag=True, help="Print the version and exit.")
+@click.pass_context
+def main(ctx: click.Context, endpoint: str, request_timeout: float, show_version: bool) -> None:
+    """fleetpyctl: drive a fleetpy cluster, as fleetctl drives fleet.
+
+    \b
+    Examples:
+      fleetpyctl start hello.service       # submit, place and start a unit file
+      fleetpyctl list-units                # what runs where
+      fleetpyctl stop hello.service
+      fleetpyctl destroy hello.service
+    """
+    if show_version:
+        click.echo(f"fleetpyctl version {__version__}")
+        ctx.exit(0)
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    ctx.obj = Ctl(endpoint=endpoint, timeout=request_timeout)
+
+
+@main.command(context_settings=CONTEXT)
+def version() -> None:
+    """Print the version."""
+    click.echo(f"fleetpyctl version {__version__}")
+
+
+# -------------------------------------------------------------------------------------------------- listings
+
+
+MACHINE_FIELDS = ("machine", "ip", "metadata")
+UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "state", "target", "tmachine", "unit")
+UNIT_FIELDS = ("active", "hash", "load", "machine", "sub", "unit")
+
+
+def _fields(requested: str, valid: Sequence[str]) -> list[str]:
+    try:
+        return check_fields(requested, valid)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _table(header: Sequence[str], rows: list[list[str]], no_legend: bool) -> None:
+    all_rows = rows if no_legend else [[h.upper() for h in header], *rows]
+    click.echo(tabwrite(all_rows), nl=False)
+
+
+@main.command("list-machines", context_settings=CONTEXT)
+@click.option("-l", "--full", "--l", is_flag=True, help="Do not shorten machine IDs.")
+@click.option("--no-legend", is_flag=True, help="Do not print a header line.")
+@click.option(
+    "--fields",
+    default="machine,ip,metadata",
+    show_default=True,
+    help=f"Columns to show, comma-separated: {', '.join(MACHINE_FIELDS)}.",
+)
+@click.pass_context
+def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> None:
+    """List the machines in the cluster, sorted by machine ID."""
+
+    async def body(_ctl: Ctl, client: Client) -> None:
+        columns = _fields(fields, MACHINE_FIELDS)
+        try:
+            machines = await client.machines()
+        except (ApiError, EndpointUnavailable) as exc:
+            raise CliError(
+                f"Error retrieving list of active machines from fleet API ({exc})\nPossible issues:\n"
+                "  etcd is unhealthy and/or lost quorum\n  connection cannot be established to any etcd servers"
+            ) from None
+        rows = []
+        for machine in sorted(machines, key=lambda m: m.id):
+            cells = {
+                "machine": machine_id_legend(machine.id, full),
+                "ip": machine.primary_ip or "-",
+                "metadata": format_metadata(machine.metadata),
+            }
+            rows.append([cells[c] for c in columns])
+        _table(columns, rows, no_legend)
+
+    _run(ctx, body)
+
+
+@main.command("list-unit-files", context_settings=CONTEXT)
+@click.option("--full", "-l", "--l", is_flag=True, help="Show full hashes and machine IDs.")
+@click.option("--no-legend", is_flag=True, help="Do not print a header line.")
+@click.option(
+    "--fields",
+    default="unit,hash,dstate,state,target",
+    show_default=True,
+    help=f"Columns to show, comma-separated: {', '.join(UNIT_FILE_FIELDS)}.",
+)
+@click.pass_context
+def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> None:
+    """List the units submitted to the cluster, with desired state, current state and target machine."""
+
+    async def body(ctl: Ctl, client: Client) -> None:
+        columns = _fields(fields, UNIT_FILE_FIELDS)
+        if "tmachine" in columns:
+            click.echo('WARNING: The "tmachine" field is deprecated. Use "target" instead', err=True)
+        try:
+            units = await client.units()
+            ips = await ctl.ips()
+        except (ApiError, EndpointUnavailable) as exc:
+            raise CliError(f"Error retrieving list of units from repository: {exc}") from None
+        rows = []
+        for unit in sorted(units, key=lambda u: u.name):
+            unit_file = UnitFile(unit.options)
+            is_global = unit.is_global
+            if is_global:
+                target = "global"
+            elif unit.machine:
+                target = machine_legend(unit.machine, ips, full)
+            else:
+                target = "-"
+            cells = {
+                "desc": unit_file.description or "-",
+                "dstate": unit.desired or "-",
+                "global": "true" if is_global else "false",
+                "hash": unit_file.hash if full else unit_file.hash[:7],
+                "state": "-" if is_global or not unit.current else unit.current,
+                "target": target,
+                "tmachine": target,
+                "unit": unit.name,
+            }
+            rows.append([cells[c] for c in columns])
+        _table(columns, rows, no_legend)
+
+    _run(ctx, body)
+
+
+@main.command("list-units", context_settings=CONTEXT)
+@click.option("-l", "--full", "--l", is_flag=True, help="Show full hashes and machine IDs.")
+@click.option("--no-legend", is_flag=True, help="Do not print a header line.")
+@click.option(
+    "--fields",
+    default="unit,machine,active,sub",
+    show_default=True,
+    help=f"Columns to show, comma-separated: {', '.join(UNIT_FIELDS)}.",
+)
+@click.pass_context
+def list_units(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> None:
+    """List the states of units as their machines report them (one row per unit and machine)."""
+
+    async def body(ctl: Ctl, client: Client) -> None:
+        columns = _fields(fields, UNIT_FIELDS)
+        try:
+            states = await client.states()
+            ips = await ctl.ips()
+        except (ApiError, EndpointUnavailable) as exc:
+            raise CliError(f"Error retrieving list of units from repository: {exc}") from None
+        rows = []
+        for state in sorted(states, key=lambda s: (s.name, s.machine)):
+            cells = {
+                "active": state.active or "-",
+                "hash": (state.hash if full else state.hash[:7]) or "-",
+                "load": state.load or "-",
+                "machine": machine_legend(state.machine, ips, full) if state.machine else "-",
+                "sub": state.sub or "-",
+                "unit": state.name,
+            }
+            rows.append([cells[c] for c in columns])
+        _table(columns, rows, no_legend)
+
+    _run(ctx, body)
+
+
+# -------------------------------------------------------------------------------------------------- cat
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("units", nargs=-1)
+@click.pass_context
+def cat(ctx: click.Context, units: tuple[str, ...]) -> None:
+    """Print the unit file of UNIT as stored in the cluster."""
+
+    async def body(_ctl: Ctl, client: Client) -> None:
+        if len(units) != 1:
+            raise CliError("One unit file must be provided")
+        name = mangle_name(units[0])
+        unit = await client.unit(name)
+        if unit is None:
+            raise CliError(f"Unit {name} not found")
+        click.echo(serialize(unit.options), nl=False)
+
+    _run(ctx, body)
+
+
+# -------------------------------------------------------------------------------------------------- creating units
+
+
+def resolve_argument(argument: str) -> tuple[str, str]:
+    """(unit name, path of its local file). A file given by its path keeps its own name (so an invalid
+    name is reported as such); any other argument gets fleetctl's name mangling."""
+    if os.path.isfile(argument):
+        return os.path.basename(argument), argument
+    path = argument if argument.endswith(FLEETCTL_SUFFIXES) else argument + ".service"
+    return mangle_name(argument), path
+
+
+def read_unit_file(path: str) -> UnitFile:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise CliError(f"Error creating units: unit file {path} is not valid UTF-8 text") from None
+    except OSError as exc:
+        raise CliError(f"Error creating units: cannot read {path}: {exc.strerror}") from None
+    try:
+        return UnitFile.from_text(text)
+    except InvalidUnit as exc:
+        raise CliError(f"Error creating units: invalid unit file {path}: {exc}") from None
+
+
+def local_unit(name: str, path: str) -> tuple[UnitFile | None, str]:
+    """The unit file on disk for ``name`` (for an instance, its template's), and the path it came from."""
+    if os.path.isfile(path):
+        return read_unit_file(path), path
+    info = name_info(name)
+    if info.is_instance:
+        template_path = os.path.join(os.path.dirname(path), info.template)
+        if os.path.isfile(template_path):
+            return read_unit_file(template_path), template_path
+    return None, ""
+
+
+REPLACEABLE = {
+    "submit": {"inactive"},
+    "load": {"inactive", "loaded"},
+    "start": {"inactive", "loaded", "launched"},
+}
+
+
+async def create_units(
+    ctl: Ctl, client: Client, arguments: Sequence[str], *, replace: bool, command: str, attempts: int
+) -> list[str]:
+    """fleetctl's lazyCreateUnits (§1.6): the unit names, after creating the ones the cluster lacks."""
+    names: list[str] = []
+    created: list[str] = []
+    for argument in arguments:
+        name, path = resolve_argument(argument)
+        try:
+            validate_name(name)
+        except InvalidUnit as exc:
+            raise CliError(f'Error creating units: invalid unit name "{name}": {exc}') from None
+        existing = await client.unit(name)
+        local, local_path = local_unit(name, path)
+        names.append(name)
+        if existing is not None:
+            remote_hash = UnitFile(existing.options).hash
+            if local is None:
+                if replace and not name_info(name).is_instance:
+                    raise CliError(f"error Unit {name} does not seem to be a template unit")
+                continue
+            if local.hash == remote_hash:
+                if replace:
+                    click.echo(f"Found same Unit({name}) in Registry, nothing to do")
+                continue
+            if not replace:
+                kind = "template unit file" if local_path != path else "unit file"
+                click.echo(
+                    f"WARNING: Unit {name} in registry differs from local {kind} {local_path}. "
+                    "Add --replace to override.",
+                    err=True,
+                )
+                continue
+            if existing.desired not in REPLACEABLE[command]:
+                click.echo(
+                    f"Warning: can not replace Unit({name}) in state '{existing.desired}', use the appropriate command",
+                    err=True,
+                )
+                continue
+            await _create(client, name, local, "Error creating units")
+            created.append(name)
+            continue
+        if local is None:
+            info = name_info(name)
+            template = await client.unit(info.template) if info.is_instance else None
+            if template is not None:
+                local = UnitFile(template.options)
+            elif info.is_instance:
+                raise CliError(
+                    f"Error creating units: failed getting Unit({name}) from template: unable to find "
+                    f"template Unit({info.template}) in Registry or on filesystem"
+                )
+            else:
+                raise CliError(f"Error creating units: unable to find Unit({name}) in Registry or on filesystem")
+        await _create(client, name, local, "Error creating units")
+        created.append(name)
+    if created:
+        units = {n: await client.unit(n) for n in created}
+        globals_ = {n for n, u in units.items() if u is not None and u.is_global}
+        try:
+            await wait_for_states(
+                ctl, client, [n for n in created if units[n] is not None], "inactive", attempts, global_names=globals_
+            )
+        except TimeoutError as exc:
+            raise CliError(f"Error creating units: {exc}") from None
+    return names
+
+
+async def _create(client: Client, name: str, unit: UnitFile, context: str) -> None:
+    for warning in unknown_requirement_warnings(name, unit):
+        click.echo(f"WARNING: {warning}", err=True)
+    try:
+        validate_requirements(unit.xfleet)
+        await client.create_unit(name, unit.options)
+    except (InvalidUnit, ApiError) as exc:
+        message = exc.message if isinstance(exc, ApiError) and exc.message else str(exc)
+        raise CliError(f"{context}: {message}") from None
+
+
+# -------------------------------------------------------------------------------------------------- waiting
+
+
+async def _legend(ctl: Ctl, unit: ApiUnit) -> str:
+    if not unit.machine:
+        return ""
+    return " on " + machine_legend(unit.machine, await ctl.ips(), False)
+
+
+async def wait_for_states(
+    ctl: Ctl,
+    client: Client,
+    names: Sequence[str],
+    target: str,
+    attempts: int,
+    *,
+    global_names: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Poll until every unit reports ``target`` (a global unit: as its desired state); print a line per unit.
+
+    ``attempts`` 0 waits forever, N waits about 2·N seconds; a timeout raises ``TimeoutError`` naming the unit.
+    """
+    pending = list(dict.fromkeys(names))
+    deadline = None if attempts <= 0 else time.monotonic() + ATTEMPT * attempts
+    while pending:
+        if len(pending) > 20:
+            listed = {u.name: u for u in await client.units()}
+            found: dict[str, ApiUnit | None] = {n: listed.get(n) for n in pending}
+        else:
+            results = await asyncio.gather(*(client.unit(n) for n in pending))
+            found = dict(zip(pending, results, strict=True))
+        still = []
+        for name in pending:
+            unit = found[name]
+            if unit is None:
+                raise CliError(f"Error waiting for units: unit {name} no longer exists")
+            state = unit.desired if (name in global_names or unit.is_global) else unit.current
+            if state == target:
+                if unit.is_global:
+                    click.echo(f"Unit {name}")
+                else:
+                    click.echo(f"Unit {name} {state}{await _legend(ctl, unit)}")
+            else:
+                still.append(name)
+        pending = still
+        if pending:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"timed out waiting for unit {pending[0]} to report state {target}")
+            await asyncio.sleep(POLL)
+
+
+async def wait_for_systemd_active(client: Client, names: Sequence[str], attempts: int) -> None:
+    """After ``launched``: wait until each unit's machine reports it loaded and active in systemd."""
+    pending = list(names)
+    deadline = time.monotonic() + ATTEMPT * (attempts if attempts > 0 else 1 << 30)
+    last: dict[str, str] = {}
+    while pending:
+        still = []
+        for name in pending:
+            unit = await client.unit(name)
+            states = await client.states(unit=name)
+            here = [s for s in states if unit is not None and s.machine == unit.machine]
+            if here and here[0].load == "loaded" and here[0].active == "active":
+                continue
+            last[name] = f"{here[0].load}/{here[0].active}/{here[0].sub}" if here else "no state reported"
+            still.append(name)
+        pending = still
+        if pending:
+            if time.monotonic() >= deadline:
+                name = pending[0]
+                raise CliError(
+                    f"Error waiting for units: Failed to find an active unit {name} within "
+                    f"{ATTEMPT * attempts:.0f}s, err: last state {last[name]}\n"
+                    f"Error waiting for systemd unit states, err: unit {name} is not active"
+                )
+            await asyncio.sleep(POLL)
+
+
+async def _units_by_name(client: Client, names: Sequence[str]) -> dict[str, ApiUnit]:
+    results = await asyncio.gather(*(client.unit(n) for n in names))
+    return {n: u for n, u in zip(names, results, strict=True) if u is not None}
+
+
+async def set_states(client: Client, names: Sequence[str], state: DesiredState, error: str) -> None:
+    for name in names:
+        try:
+            await client.set_desired(name, state)
+        except ApiError as exc:
+            raise CliError(f"{error}: {exc}") from None
+
+
+def _blocking_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    function = click.option(
+        "--block-attempts",
+        default=0,
+        type=click.IntRange(0),
+        metavar="N",
+        help="Wait at most about 2·N seconds for the units (0: wait forever).",
+    )(function)
+    return click.option("--no-block", is_flag=True, help="Do not wait for the units to reach their state.")(function)
+
+
+# -------------------------------------------------------------------------------------------------- commands
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@click.argument("units", nargs=-1)
+@click.pass_context
+def submit(ctx: click.Context, replace: bool, units: tuple[str, ...]) -> None:
+    """Upload unit files to the cluster without starting them.
+
+    \b
+    Examples:
+      fleetpyctl submit hello.service
+      fleetpyctl submit --replace hello.service   # upload a changed file
+    """
+
+    async def body(ctl: Ctl, client: Client) -> None:
+        if not units:
+            raise CliError("No units given")
+        await create_units(ctl, client, units, replace=replace, command="submit", attempts=0)
+
+    _run(ctx, body)
+
+
+def _state_command(command: str, state: DesiredState, verb: str, error: str) -> Callable[..., Any]:
+    async def body(
+        ctl: Ctl, client: Client, units: Sequence[str], replace: bool, no_block: bool, attempts: int
+    ) -> None:
+        if not units:
+            raise CliError("No units given")
+        names = await create_units(ctl, client, units, replace=replace, command=command, attempts=attempts)
+        current = await _units_by_name(client, names)
+        todo = [n for n in names if n in current and current[n].desired != state.value]
+        await set_states(client, todo, state, error)
+        wait = []
+        for name in todo:
+            if current[name].is_global:
+                click.echo(f"Triggered global unit {name} {verb}")
+            elif no_block:
+                click.echo(f"Triggered unit {name} {verb}")
+            else:
+                wait.append(name)
+        if not wait:
+            return
+        try:
+            await wait_for_states(ctl, client, wait, state.value, attempts)
+        except TimeoutError as exc:
+            label = "Error waiting for units" if command == "start" else "Error waiting for unit states, exit status"
+            raise CliError(f"{label}: {exc}") from None
+        if command == "start":
+            await wait_for_systemd_active(client, wait, attempts)
+
+    return body
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_blocking_options
+@click.argument("units", nargs=-1)
+@click.pass_context
+def load(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int, units: tuple[str, ...]) -> None:
+    """Submit units if needed and load them on their machines without starting them (a running unit stops).
+
+    \b
+    Example:
+      fleetpyctl load hello.service
+    """
+    body = _state_command("load", DesiredState.LOADED, "load", "Error loading units")
+    _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_blocking_options
+@click.argument("units", nargs=-1)
+@click.pass_context
+def start(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int, units: tuple[str, ...]) -> None:
+    """Submit units if needed, place them on machines and start them; wait until systemd runs them.
+
+    \b
+    Examples:
+      fleetpyctl start hello.service
+      fleetpyctl start --no-block web@1.service web@2.service
+    """
+    body = _state_command("start", DesiredState.LAUNCHED, "start", "Error starting units")
+    _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+
+
+@main.command(context_settings=CONTEXT)
+@_blocking_options
+@click.argument("units", nargs=-1)
+@click.pass_context
+def stop(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[str, ...]) -> None:
+    """Stop units; they stay loaded on their machines.
+
+    \b
+    Example:
+      fleetpyctl stop hello.service
+    """
+
+    async def body(ctl: Ctl, client: Client) -> None:
+        if not units:
+            raise CliError("No units given")
+        names = [mangle_name(u) for u in units]
+        found = await _units_by_name(client, names)
+        if not found:
+            raise CliError("Units not found in registry", 0)
+        todo = []
+        for name in names:
+            unit = found.get(name)
+            if unit is None:
+                continue
+            if not unit.is_global:
+                if unit.current == "inactive":
+                    raise CliError(f"Unable to stop unit {name} in state inactive")
+                if unit.current == "loaded" and unit.desired != "launched":
+                    continue
+            todo.append(name)
+        await set_states(client, todo, DesiredState.LOADED, "Error stopping units")
+        wait = []
+        for name in todo:
+            if found[name].is_global:
+                click.echo(f"Triggered global unit {name} stop")
+            elif no_block:
+                click.echo(f"Triggered unit {name} stop")
+            else:
+                wait.append(name)
+        if wait:
+            try:
+                await wait_for_states(ctl, client, wait, "loaded", block_attempts)
+            except TimeoutError as exc:
+                raise CliError(f"Failed to stop units [{' '.join(wait)}]. err: {exc}") from None
+        if not no_block:
+            click.echo(f"Successfully stopped units [{' '.join(wait)}].", err=True)
+
+    _run(ctx, body)
+
+
+@main.command(context_settings=CONTEXT)
+@_blocking_options
+@click.argument("units", nargs=-1)
+@click.pass_context
+def unload(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[str, ...]) -> None:
+    """Unload units from their machines (stop them and remove their files); they stay in the cluster.
+
+    \b
+    Example:
+      fleetpyctl unload hello.service
+    """
+
+    async def body(ctl: Ctl, client: Client) -> None:
+        if not units:
+            raise CliError("No units given")
+        names = [mangle_name(u) for u in units]
+        found = await _units_by_name(client, names)
+        if not found:
+            raise CliError("Units not found in registry", 0)
+        todo = [
+            n
+            for n in names
+            if n in found and (found[n].is_global or found[n].current != "inactive" or found[n].desired != "inactive")
+        ]
+        await set_states(client, todo, DesiredState.INACTIVE, "Error unloading units")
+        wait = []
+        for name in todo:
+            if found[name].is_global:
+                click.echo(f"Triggered global unit {name} unload")
+            elif no_block:
+                click.echo(f"Triggered unit {name} unload")
+            else:
+                wait.append(name)
+        if wait:
+            try:
+                await wait_for_states(ctl, client, wait, "inactive", block_attempts)
+            except TimeoutError as exc:
+                raise CliError(f"Failed to unload units [{' '.join(wait)}]. err: {exc}") from None
+        if not no_block:
+            click.echo(f"Successfully unloaded units [{' '.join(wait)}].", err=True)
+
+    _run(ctx, body)
+
+
+@main.command(context_settings=CONTEXT)
+@_blocking_options
+@click.argument("units", nargs=-1)
+@click.pass_context
+def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[str, ...]) -> None:
+    """Remove units from the cluster; their machines stop and unload them.
+
+    \b
+    Example:
+      fleetpyctl destroy hello.service
+    """
+
+    async def body(_ctl: Ctl, client: Client) -> None:
+        if not units:
+            raise CliError("No units given")
+        names = list(dict.fromkeys(mangle_name(u) for u in units))
+        found = await _units_by_name(client, names)
+        if not found:
+            raise CliError("Units not found in registry", 0)
+        for name in names:
+            if name not in found:
+                continue
+            try:
+                await client.destroy(name)
+            except ApiError as exc:
+                raise CliError(f"Error destroying units: {exc}") from None
+            click.echo(f"Destroyed {name}")
+
+    _run(ctx, body)
+
+
+if __name__ == "__main__":
+    main()

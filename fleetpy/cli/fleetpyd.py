@@ -1,0 +1,200 @@
+"""``fleetpyd``: the daemon, and ``fleetpyd dev``, a local cluster with real systemd.
+
+Thin: parse, build settings (file < environment < flags), call ``daemon.serve`` or ``devcluster.run_dev``.
+Errors a user can cause (a bad option value, a missing config file) print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import click
+
+from fleetpy import __version__
+from fleetpy.config import DEFAULT_API_SOCKET, DEFAULT_CONFIG_FILE, build_settings, parse_config_text, parse_metadata
+from fleetpy.errors import ConfigError, FleetError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"fleetpyd: {message}", err=True)
+    sys.exit(1)
+
+
+def load_settings(config: str | None, flags: dict[str, Any]) -> Any:
+    path = config or os.environ.get("FLEETPY_CONFIG") or DEFAULT_CONFIG_FILE
+    file_values: dict[str, str] = {}
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a directory")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as handle:
+            file_values = parse_config_text(handle.read(), path)
+    elif config:
+        raise ConfigError(f"config file {config} does not exist")
+    settings, warnings = build_settings(file_values=file_values, environ=os.environ, overrides=flags, file_name=path)
+    for warning in warnings:
+        click.echo(f"WARN {warning}", err=True)
+    return settings
+
+
+@click.group(invoke_without_command=True, context_settings=CONTEXT)
+@click.option("--config", "config", metavar="PATH", help=f"Config file (default {DEFAULT_CONFIG_FILE} if it exists).")
+@click.option("--etcd-servers", metavar="URLS", help="etcd endpoints, comma-separated (http://127.0.0.1:2379).")
+@click.option("--etcd-key-prefix", metavar="PREFIX", help="Key prefix in etcd (/fleetpy).")
+@click.option("--machine-id", metavar="ID", help="This machine's ID (default: /etc/machine-id).")
+@click.option("--public-ip", metavar="IP", help="Address published for this machine (default: detected).")
+@click.option("--metadata", metavar="K=V,...", help="Machine metadata, e.g. region=us-east,disk=ssd.")
+@click.option("--agent-ttl", metavar="DURATION", help="Machine presence TTL (10s).")
+@click.option("--systemd-user/--systemd-system", default=None, help="Drive the user or the system manager.")
+@click.option("--units-directory", metavar="DIR", help="Where the agent writes unit files.")
+@click.option("--api-socket", metavar="PATH", help=f"API unix socket ({DEFAULT_API_SOCKET}; '' disables).")
+@click.option("--api-listen", metavar="HOST:PORT", multiple=True, help="Also serve the API on TCP (repeatable).")
+@click.option("--disable-engine", is_flag=True, default=None, help="Never lead the engine on this machine.")
+@click.option("--disable-agent", is_flag=True, default=None, help="Run no agent (API and engine only).")
+@click.option("-v", "--verbosity", count=True, help="More logging (DEBUG).")
+@click.option("--version", is_flag=True, help="Print the version and exit.")
+@click.pass_context
+def main(ctx: click.Context, /, config: str | None, version: bool, **flags: Any) -> None:
+    """fleetpyd: the fleetpy daemon. One runs on every host: it registers the machine in etcd, runs the units
+    the engine places here through systemd, may lead the engine, and serves fleet's API.
+
+    \b
+    Examples:
+      fleetpyd --etcd-servers http://10.0.0.1:2379 --metadata region=eu,disk=ssd
+      fleetpyd --config /etc/fleetpy/fleetpy.conf
+      fleetpyd dev --machines 3          # a local cluster with real systemd
+    """
+    if version:
+        click.echo(f"fleetpyd version {__version__}")
+        return
+    if ctx.invoked_subcommand is not None:
+        return
+    overrides: dict[str, Any] = {}
+    try:
+        for name, value in flags.items():
+            if value is None or value == () or (name == "verbosity" and value == 0):
+                continue
+            if name == "etcd_servers":
+                value = tuple(v.strip() for v in value.split(",") if v.strip())
+            elif name == "metadata":
+                value = parse_metadata(value)
+            elif name == "agent_ttl":
+                from fleetpy.config import parse_duration
+
+                value = int(parse_duration(value))
+            elif name == "api_listen":
+                value = tuple(value)
+            overrides[name] = value
+        settings = load_settings(config, overrides)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+        return
+    from fleetpy.daemon import serve, setup_logging
+
+    setup_logging(settings.verbosity)
+    try:
+        sys.exit(asyncio.run(serve(settings)))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+@main.command(context_settings=CONTEXT)
+def version() -> None:
+    """Print the version."""
+    click.echo(f"fleetpyd version {__version__}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--machines", "-n", default=3, show_default=True, type=click.IntRange(1, 30), help="Sandbox hosts.")
+@click.option(
+    "--state-dir",
+    default="/run/fleetpy-dev",
+    show_default=True,
+    metavar="DIR",
+    help="Where hosts, etcd data and cluster.json live.",
+)
+@click.option(
+    "--api-socket",
+    default=DEFAULT_API_SOCKET,
+    show_default=True,
+    metavar="PATH",
+    help="The cluster's API socket (fleetpyctl's default endpoint).",
+)
+@click.option("--prefix", default="/fleetpy", show_default=True, help="etcd key prefix.")
+@click.option("--agent-ttl", default=10, show_default=True, type=click.IntRange(3, 600), help="Agent TTL (s).")
+@click.option(
+    "--metadata",
+    multiple=True,
+    metavar="K=V,...",
+    help="Metadata of machine 1, 2, ... (repeat; cycled when fewer than machines).",
+)
+@click.option(
+    "--config",
+    "extra_config",
+    multiple=True,
+    metavar="OPTION=VALUE",
+    help="Extra fleetpy.conf line for every host (repeatable).",
+)
+@click.option("--etcd", default="", metavar="URL", help="Use this etcd instead of starting one.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def dev(
+    machines: int,
+    state_dir: str,
+    api_socket: str,
+    prefix: str,
+    agent_ttl: int,
+    metadata: tuple[str, ...],
+    extra_config: tuple[str, ...],
+    etcd: str,
+    verbose: bool,
+) -> None:
+    """Run a local cluster: an embedded etcd and N sandbox hosts, each a real fleetpyd with its own
+    systemd --user in its own namespaces (needs root). Runs until Ctrl-C or SIGTERM, then removes everything.
+
+    The cluster is described in STATE_DIR/cluster.json (etcd endpoints, API endpoint, and per machine its ID,
+    PIDs and systemd bus). fleetpyctl in another shell uses the API socket with no flags.
+
+    \b
+    Examples:
+      fleetpyd dev
+      fleetpyd dev --machines 5 --metadata region=eu --metadata region=us
+    """
+    from fleetpy.daemon import setup_logging
+    from fleetpy.devcluster import DevCluster, DevOptions, run_dev
+
+    setup_logging(1 if verbose else 0)
+    if os.geteuid() != 0:
+        _fail("fleetpyd dev needs root (it creates namespaces and cgroups for its sandbox hosts)")
+    options = DevOptions(
+        machines=machines,
+        state_dir=state_dir,
+        api_socket=api_socket,
+        prefix=prefix,
+        agent_ttl=agent_ttl,
+        metadata=metadata,
+        extra_config=extra_config,
+        etcd=etcd,
+    )
+
+    def ready(cluster: DevCluster) -> None:
+        click.echo(f"fleetpy dev cluster ready: {len(cluster.hosts)} machines, etcd {cluster.etcd_endpoint}")
+        for host in cluster.hosts:
+            click.echo(f"  {host.name}  {host.machine_id}  {host.public_ip}  bus {host.bus}")
+        click.echo(f"  API: unix://{cluster.api_socket}")
+        click.echo(f"  described in {cluster.cluster_file}")
+        if cluster.api_socket != DEFAULT_API_SOCKET:
+            click.echo(f"  export FLEETPYCTL_ENDPOINT=unix://{cluster.api_socket}")
+        click.echo("Press Ctrl-C to stop the cluster.", err=True)
+
+    try:
+        asyncio.run(run_dev(options, on_ready=ready))
+    except FleetError as exc:
+        _fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

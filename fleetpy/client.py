@@ -1,0 +1,240 @@
+"""The HTTP client of fleet's API v1, as fleetpyctl uses it.
+
+Endpoints are ``unix:///path/to.sock``, ``http://host:port`` or ``https://host:port``, as in fleetctl. JSON is
+decoded into the records below at this edge; an API error comes out as ``ApiError`` with fleet's message, and
+an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``nextPageToken`` to the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+
+from fleetpy.errors import FleetError
+from fleetpy.model import DesiredState
+from fleetpy.unit import UnitOption
+
+API = "/fleet/v1"
+
+
+class ApiError(FleetError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Error {status}: {message}" if message else f"Error {status}")
+        self.status = status
+        self.message = message
+
+
+class EndpointUnavailable(FleetError):
+    """The API endpoint cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiMachine:
+    id: str
+    primary_ip: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiUnit:
+    name: str
+    desired: str
+    current: str = ""
+    machine: str = ""
+    options: tuple[UnitOption, ...] = ()
+
+    @property
+    def is_global(self) -> bool:
+        from fleetpy.unit import is_global
+
+        return is_global([(o.name, o.value) for o in self.options if o.section == "X-Fleet"])
+
+
+@dataclass(frozen=True, slots=True)
+class ApiUnitState:
+    name: str
+    machine: str
+    hash: str = ""
+    load: str = ""
+    active: str = ""
+    sub: str = ""
+
+
+def _s(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key, "")
+    return value if isinstance(value, str) else str(value)
+
+
+def decode_unit(obj: dict[str, Any]) -> ApiUnit:
+    options = tuple(
+        UnitOption(_s(o, "section"), _s(o, "name"), _s(o, "value"))
+        for o in obj.get("options") or []
+        if isinstance(o, dict)
+    )
+    return ApiUnit(
+        name=_s(obj, "name"),
+        desired=_s(obj, "desiredState"),
+        current=_s(obj, "currentState"),
+        machine=_s(obj, "machineID"),
+        options=options,
+    )
+
+
+def decode_state(obj: dict[str, Any]) -> ApiUnitState:
+    return ApiUnitState(
+        name=_s(obj, "name"),
+        machine=_s(obj, "machineID"),
+        hash=_s(obj, "hash"),
+        load=_s(obj, "systemdLoadState"),
+        active=_s(obj, "systemdActiveState"),
+        sub=_s(obj, "systemdSubState"),
+    )
+
+
+def decode_machine(obj: dict[str, Any]) -> ApiMachine:
+    metadata = obj.get("metadata") or {}
+    return ApiMachine(
+        id=_s(obj, "id"),
+        primary_ip=_s(obj, "primaryIP"),
+        metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
+    )
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str]:
+    """(base URL, unix socket path or ``""``), with fleetctl's messages for endpoints it cannot use."""
+    first = endpoint.split(",")[0].strip()
+    parts = urlsplit(first)
+    if not parts.scheme:
+        raise EndpointUnavailable("Unable to initialize client: URL scheme undefined")
+    if parts.scheme in ("unix", "file"):
+        if parts.netloc:
+            raise EndpointUnavailable(
+                f'Unable to initialize client: unable to connect to host "{parts.netloc}" with scheme "{parts.scheme}"'
+            )
+        return "http://fleetpy", parts.path
+    if parts.scheme in ("http", "https"):
+        return f"{parts.scheme}://{parts.netloc}", ""
+    raise EndpointUnavailable(f'Unable to initialize client: unsupported URL scheme "{parts.scheme}"')
+
+
+class Client:
+    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.base, self.socket_path = parse_endpoint(endpoint)
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(path=self.socket_path, limit=32)
+                if self.socket_path
+                else aiohttp.TCPConnector(limit=32)
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            )
+        return self._session
+
+    async def _request(
+        self, method: str, path: str, *, params: dict[str, str] | None = None, body: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        url = f"{self.base}{API}{path}"
+        try:
+            async with self._http().request(method, url, params=params, json=body) as response:
+                raw = await response.read()
+                payload: Any = None
+                if raw:
+                    try:
+                        payload = await response.json(content_type=None)
+                    except ValueError:
+                        payload = None
+                if response.status >= 400:
+                    message = ""
+                    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+                        message = str(payload["error"].get("message", ""))
+                    raise ApiError(response.status, message or raw.decode(errors="replace").strip())
+                return response.status, payload
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
+            where = f"unix://{self.socket_path}" if self.socket_path else self.base
+            raise EndpointUnavailable(f"cannot reach the fleetpy API at {where}: {exc or type(exc).__name__}") from exc
+
+    async def _pages(self, path: str, key: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        query = dict(params or {})
+        while True:
+            _, payload = await self._request("GET", path, params=query)
+            payload = payload if isinstance(payload, dict) else {}
+            items.extend(i for i in payload.get(key) or [] if isinstance(i, dict))
+            token = payload.get("nextPageToken")
+            if not token:
+                return items
+            query["nextPageToken"] = token
+
+    async def machines(self) -> list[ApiMachine]:
+        return [decode_machine(m) for m in await self._pages("/machines", "machines")]
+
+    async def units(self) -> list[ApiUnit]:
+        return [decode_unit(u) for u in await self._pages("/units", "units")]
+
+    async def unit(self, name: str) -> ApiUnit | None:
+        try:
+            _, payload = await self._request("GET", f"/units/{quote(name, safe='')}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return decode_unit(payload if isinstance(payload, dict) else {})
+
+    async def create_unit(self, name: str, options: Sequence[UnitOption], desired: DesiredState | None = None) -> None:
+        body: dict[str, Any] = {
+            "name": name,
+            "options": [{"section": o.section, "name": o.name, "value": o.value} for o in options],
+        }
+        if desired is not None:
+            body["desiredState"] = desired.value
+        await self._request("PUT", f"/units/{quote(name, safe='')}", body=body)
+
+    async def set_desired(self, name: str, desired: DesiredState) -> None:
+        await self._request("PUT", f"/units/{quote(name, safe='')}", body={"name": name, "desiredState": desired.value})
+
+    async def destroy(self, name: str) -> bool:
+        try:
+            await self._request("DELETE", f"/units/{quote(name, safe='')}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def states(self, *, unit: str = "", machine: str = "") -> list[ApiUnitState]:
+        params = {}
+        if unit:
+            params["unitName"] = unit
+        if machine:
+            params["machineID"] = machine
+        return [decode_state(s) for s in await self._pages("/state", "states", params)]
+
+    async def state(self, name: str) -> ApiUnitState | None:
+        try:
+            _, payload = await self._request("GET", f"/state/{quote(name, safe='')}")
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return decode_state(payload if isinstance(payload, dict) else {})

@@ -1,0 +1,213 @@
+"""fleetpyd's configuration: one ``Settings`` object built from a file, the environment and flags.
+
+Pure code: the caller reads the file and passes its text and ``os.environ``. Sources rise in priority
+file < ``FLEETPY_<OPTION>`` environment < command-line flags, as in fleet (FLEET-SPEC §5.1). The file format is
+fleet's: an INI file whose unsectioned part holds ``option = value`` lines, values bare or quoted, ``#``/``;``
+comments. Unlike fleet, a value that cannot be used is an error naming the option and the source, never
+silently replaced by the default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from fleetpy.errors import ConfigError
+from fleetpy.keys import DEFAULT_PREFIX
+
+DEFAULT_CONFIG_FILE = "/etc/fleetpy/fleetpy.conf"
+ENV_PREFIX = "FLEETPY_"
+DEFAULT_API_SOCKET = "/run/fleetpy/fleetpy.sock"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every option of fleetpyd, with its default. Option names follow fleet's where fleet has one."""
+
+    etcd_servers: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_key_prefix: str = DEFAULT_PREFIX
+    etcd_username: str = ""
+    etcd_password: str = ""
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
+    etcd_request_timeout: float = 3.0
+    agent_ttl: int = 10
+    leader_ttl: int = 5
+    engine_reconcile_interval: float = 5.0
+    agent_reconcile_interval: float = 5.0
+    public_ip: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    machine_id: str = ""
+    machine_id_file: str = "/etc/machine-id"
+    runtime_directory: str = ""  # default: /run/fleetpy, or $XDG_RUNTIME_DIR/fleetpy with systemd_user
+    units_directory: str = ""  # default: <runtime_directory>/units
+    systemd_user: bool = False
+    api_socket: str = DEFAULT_API_SOCKET  # "" disables the unix socket
+    api_socket_mode: int = 0o660
+    api_listen: tuple[str, ...] = ()  # host:port TCP listeners
+    token_limit: int = 100
+    disable_engine: bool = False
+    disable_agent: bool = False
+    disable_watches: bool = False
+    verbosity: int = 0
+
+
+_BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True", "yes", "on"}
+_BOOL_FALSE = {"0", "f", "F", "FALSE", "false", "False", "no", "off", ""}
+_DEPRECATED = {"verify_units", "authorized_keys_file", "enable_grpc"}
+
+
+def parse_list(value: str) -> tuple[str, ...]:
+    """fleet's list syntax: ``a,b`` or ``["a", "b"]``."""
+    items = []
+    for item in value.split(","):
+        item = item.lstrip(' ["').rstrip(' "]')
+        if item:
+            items.append(item)
+    return tuple(items)
+
+
+def parse_metadata(value: str) -> dict[str, str]:
+    """fleet's metadata syntax ``k=v,k2=v2``: trimmed, items without ``=`` skipped, last duplicate wins."""
+    result: dict[str, str] = {}
+    for item in value.split(","):
+        key, sep, val = item.partition("=")
+        if sep and key.strip():
+            result[key.strip()] = val.strip()
+    return result
+
+
+def parse_duration(value: str) -> float:
+    """``10s``, ``1m30s``, ``500ms``, or a bare number of seconds."""
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"invalid duration {value!r} (examples: 10s, 1m30s, 500ms)")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _convert(name: str, raw: str, default: Any) -> Any:
+    if name == "metadata":
+        return parse_metadata(raw)
+    if name in ("agent_ttl", "leader_ttl"):
+        seconds = parse_duration(raw)
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError(f"{name} must be a whole number of seconds, at least 1 (got {raw!r})")
+        return int(seconds)
+    if name == "api_socket_mode":
+        return int(raw, 8)
+    if isinstance(default, bool):
+        if raw in _BOOL_TRUE:
+            return True
+        if raw in _BOOL_FALSE:
+            return False
+        raise ValueError(f"expected a boolean (true or false), got {raw!r}")
+    if isinstance(default, tuple):
+        return parse_list(raw)
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return parse_duration(raw) if name.endswith(("interval", "timeout")) else float(raw)
+    return raw
+
+
+def parse_config_text(text: str, source: str = "config file") -> dict[str, str]:
+    """The ``option = value`` pairs of fleet's INI format (only the part before any ``[section]``)."""
+    result: dict[str, str] = {}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        while line.endswith("\\") and i < len(lines):
+            line = line[:-1] + lines[i]
+            i += 1
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if stripped.startswith("["):
+            break
+        key, sep, value = stripped.partition("=")
+        if not sep:
+            raise ConfigError(f"{source}, line {i}: expected 'option = value', got {stripped!r}")
+        value = value.strip()
+        if value[:1] in ("'", '"'):
+            quote = value[0]
+            end = value.find(quote, 1)
+            if end == -1:
+                raise ConfigError(f"{source}, line {i}: unterminated quoted value for {key.strip()!r}")
+            value = value[1:end]
+        else:
+            value = re.split(r"[#;]", value, maxsplit=1)[0].strip()
+        result[key.strip().lower().replace("-", "_")] = value
+    return result
+
+
+OPTION_NAMES = tuple(f.name for f in fields(Settings))
+
+
+def build_settings(
+    *,
+    file_values: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    file_name: str = "config file",
+) -> tuple[Settings, list[str]]:
+    """Settings from the three sources in rising priority, and warnings (unknown or deprecated options).
+
+    ``overrides`` are already-typed values from command-line flags; ``None`` values are ignored.
+    """
+    warnings: list[str] = []
+    defaults = Settings()
+    values: dict[str, Any] = {}
+
+    def take(name: str, raw: str, source: str) -> None:
+        if name in _DEPRECATED:
+            warnings.append(f"Config option {name} is no longer supported - ignoring ({source})")
+            return
+        if name not in OPTION_NAMES:
+            warnings.append(f"unknown option {name!r} in {source} - ignoring")
+            return
+        try:
+            values[name] = _convert(name, raw, getattr(defaults, name))
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for {name} in {source}: {exc}") from None
+
+    for name, raw in (file_values or {}).items():
+        take(name, raw, file_name)
+    for var, raw in sorted((environ or {}).items()):
+        if var.startswith(ENV_PREFIX) and var not in ("FLEETPY_CONFIG",):
+            take(var[len(ENV_PREFIX) :].lower(), raw, f"environment variable {var}")
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+    settings = replace(defaults, **values)
+    validate(settings)
+    return settings, warnings
+
+
+def validate(settings: Settings) -> None:
+    if not settings.etcd_servers:
+        raise ConfigError("etcd_servers is empty: give at least one etcd endpoint, e.g. http://127.0.0.1:2379")
+    for server in settings.etcd_servers:
+        if not re.fullmatch(r"(https?://)?[^/\s:]+(:\d+)?/?", server):
+            raise ConfigError(f"invalid etcd endpoint {server!r}: expected http://host:port")
+    if settings.agent_ttl < 3:
+        raise ConfigError(f"agent_ttl must be at least 3s (got {settings.agent_ttl}s)")
+    if settings.leader_ttl < 2:
+        raise ConfigError(f"leader_ttl must be at least 2s (got {settings.leader_ttl}s)")
+    if settings.engine_reconcile_interval <= 0 or settings.agent_reconcile_interval <= 0:
+        raise ConfigError("reconcile intervals must be positive")
+    if settings.token_limit < 1 or settings.token_limit > 65535:
+        raise ConfigError(f"token_limit must be between 1 and 65535 (got {settings.token_limit})")
+    if "/" in settings.machine_id:
+        raise ConfigError(f"machine_id must not contain '/' (got {settings.machine_id!r})")
+    for listen in settings.api_listen:
+        if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", listen):
+            raise ConfigError(f"invalid api_listen address {listen!r}: expected host:port")

@@ -1,0 +1,195 @@
+"""The composition root of a ``fleetpyd`` process: settings → adapters → components, and their lifetime.
+
+Which components run: the API always; the agent (machine presence, unit reconciling, state reporting) unless
+``disable_agent``; an engine candidate unless ``disable_engine``. They share one etcd client. Shutdown on
+SIGTERM/SIGINT is graceful as in fleet: the agent stops and unloads its units, the machine leaves the cluster
+(its key and states go at once, so the engine moves its units within one pass), the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import IO
+
+from aiohttp import web
+
+from fleetpy import __version__
+from fleetpy.agent import Agent, Presence, local_machine
+from fleetpy.api.app import ApiSettings, make_app
+from fleetpy.config import Settings
+from fleetpy.engine import Engine
+from fleetpy.errors import ConfigError
+from fleetpy.keys import Keys
+from fleetpy.machine import detect_public_ip, read_machine_id
+from fleetpy.model import MachineID
+from fleetpy.registry.etcd import EtcdClient
+from fleetpy.registry.store import EtcdRegistry
+from fleetpy.systemd.dbus import DbusSystemd
+from fleetpy.systemd.unitdir import UnitDirectory
+
+log = logging.getLogger("fleetpy.daemon")
+
+
+def setup_logging(verbosity: int) -> None:
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(
+        level=logging.DEBUG if verbosity > 0 else logging.INFO, format=fmt, stream=sys.stderr, force=True
+    )
+    for noisy in ("aiohttp.access", "grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def runtime_directory(settings: Settings) -> str:
+    if settings.runtime_directory:
+        return settings.runtime_directory
+    if settings.systemd_user:
+        return os.path.join(os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}"), "fleetpy")
+    return "/run/fleetpy"
+
+
+def _lock(runtime: str) -> IO[str]:
+    os.makedirs(runtime, exist_ok=True)
+    handle = open(os.path.join(runtime, "fleetpyd.lock"), "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        raise ConfigError(
+            f"another fleetpyd is running with runtime directory {runtime} (pid {handle.read().strip() or '?'})"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def notify(message: str) -> None:
+    """sd_notify(3): tell systemd about our state when it started us as ``Type=notify``."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+        sock.connect(address)
+        sock.sendall(message.encode())
+
+
+async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool]) -> web.AppRunner:
+    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    if settings.api_socket:
+        path = settings.api_socket
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        await web.UnixSite(runner, path).start()
+        os.chmod(path, settings.api_socket_mode)
+        log.info("API listening on unix://%s", path)
+    for listen in settings.api_listen:
+        host, _, port = listen.rpartition(":")
+        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
+        log.info("API listening on http://%s", listen)
+    return runner
+
+
+async def serve(settings: Settings) -> int:
+    """Run fleetpyd until SIGTERM/SIGINT; the exit code."""
+    runtime = runtime_directory(settings)
+    lock = _lock(runtime)
+    client = EtcdClient(
+        settings.etcd_servers,
+        timeout=settings.etcd_request_timeout,
+        username=settings.etcd_username,
+        password=settings.etcd_password,
+    )
+    registry = EtcdRegistry(client, Keys(settings.etcd_key_prefix))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP: configuration reload is not supported yet"))
+
+    presence: Presence | None = None
+    agent: Agent | None = None
+    engine: Engine | None = None
+    machine_id = ""
+    if not settings.disable_agent or not settings.disable_engine:
+        machine_id = settings.machine_id or read_machine_id(settings.machine_id_file)
+    if not settings.disable_agent:
+        public_ip = settings.public_ip or detect_public_ip()
+        machine = local_machine(machine_id, public_ip, dict(settings.metadata))
+        presence = Presence(registry, machine, ttl=settings.agent_ttl, lease_file=os.path.join(runtime, "lease"))
+        units_dir = settings.units_directory or os.path.join(runtime, "units")
+        agent = Agent(
+            registry=registry,
+            systemd=DbusSystemd(user=settings.systemd_user),
+            unitdir=UnitDirectory(units_dir),
+            presence=presence,
+            interval=settings.agent_reconcile_interval,
+        )
+    if not settings.disable_engine:
+        engine = Engine(
+            registry=registry,
+            machine=MachineID(machine_id),
+            leader_ttl=settings.leader_ttl,
+            interval=settings.engine_reconcile_interval,
+        )
+
+    def ready() -> bool:
+        return presence is None or presence.registered.is_set()
+
+    runner = await start_api(registry, settings, ready)
+    log.info(
+        "fleetpyd %s starting (machine %s, etcd %s, prefix %s)",
+        __version__,
+        machine_id or "-",
+        ",".join(settings.etcd_servers),
+        registry.keys.prefix,
+    )
+
+    async def components() -> None:
+        async with asyncio.TaskGroup() as group:
+            if presence is not None and agent is not None:
+                await presence.establish()
+                notify("READY=1")
+                group.create_task(presence.run())
+                group.create_task(agent.run())
+            else:
+                notify("READY=1")
+            if engine is not None:
+                group.create_task(engine.run())
+
+    main = asyncio.create_task(components())
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if main in done:
+            main.result()  # a component ended: that is a bug or a fatal error; let it surface
+            return 1
+        log.info("shutting down")
+        notify("STOPPING=1")
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+        if agent is not None and presence is not None:
+            await agent.stop_all()
+            await presence.leave()
+        return 0
+    finally:
+        stopper.cancel()
+        await runner.cleanup()
+        await client.close()
+        lock.close()

@@ -1,0 +1,176 @@
+"""The engine: one leader, elected through etcd, places units on machines.
+
+Every fleetpyd runs an engine candidate (unless ``disable_engine``). A candidate campaigns by creating the leader
+key on a short lease (``leader_ttl``); the others watch that key and campaign again the moment it disappears,
+so a dead leader is replaced within its lease TTL. The leader key's create revision is the *fence*: every write
+of the leader is a transaction that compares it, so an engine that was frozen while another took over cannot
+write anything after it wakes.
+
+The leader keeps the cluster in memory from watches (units, machines, dynamic metadata, the schedule, and
+which machines report which units), runs the pure ``plan.engine_plan`` when something changed (and on a
+periodic tick as a safety net), and applies the result in fenced batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+
+from fleetpy.errors import LeadershipLost, RegistryUnavailable
+from fleetpy.loop import Reconciler
+from fleetpy.model import Machine, MachineID, ScheduleEntry, merge_metadata
+from fleetpy.plan import ClusterSnapshot, EnginePlan, Unschedule, engine_plan
+from fleetpy.registry.base import EngineRegistry
+from fleetpy.registry.ops import backoff_delays
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        registry: EngineRegistry,
+        machine: MachineID,
+        leader_ttl: int = 5,
+        interval: float = 5.0,
+    ) -> None:
+        self.registry = registry
+        self.machine = machine
+        self.leader_ttl = leader_ttl
+        self.interval = interval
+        self.fence: int | None = None
+        self.leading = asyncio.Event()
+        self.unplaced: Mapping[str, str] = {}
+        self.last_plan: EnginePlan | None = None
+        self._deposed = asyncio.Event()
+        self._units = registry.units_prefix()
+        self._machines = registry.machines_prefix()
+        self._meta = registry.machine_meta_prefix()
+        self._schedule = registry.all_schedule_prefix()
+        self._states = registry.states_presence_prefix()
+
+    async def run(self) -> None:
+        delays = iter(backoff_delays(0.2, 2.0))
+        while True:
+            try:
+                lease = await self.registry.grant_lease(self.leader_ttl)
+                fence = await self.registry.campaign(self.machine, lease)
+                if fence is None:
+                    with contextlib.suppress(RegistryUnavailable):
+                        await self.registry.revoke_lease(lease)
+                    holder = await self.registry.leader()
+                    if holder is not None:
+                        log.debug("Engine leader is %s", holder[0])
+                    await self.registry.wait_for_vacancy(timeout=self.leader_ttl * 2)
+                    continue
+                delays = iter(backoff_delays(0.2, 2.0))
+                await self._lead(fence, lease)
+            except RegistryUnavailable as exc:
+                log.debug("engine: %s", exc)
+                await asyncio.sleep(next(delays))
+
+    async def _lead(self, fence: int, lease: int) -> None:
+        log.info("Engine leadership acquired (machine %s, fence %d)", self.machine, fence)
+        self.fence = fence
+        self._deposed.clear()
+        self.leading.set()
+        mirror = self.registry.mirror([self._units, self._machines, self._meta, self._schedule, self._states])
+        self._mirror = mirror
+        reconciler = Reconciler("engine", self._pass, interval=self.interval, wake=mirror.changed, settle=0.02)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._keep_lease(lease))
+                group.create_task(mirror.run())
+                group.create_task(reconciler.run())
+        except* LeadershipLost as group_error:
+            log.warning("Engine leadership lost: %s", group_error.exceptions[0])
+        finally:
+            self.fence = None
+            self.leading.clear()
+            with contextlib.suppress(RegistryUnavailable, asyncio.CancelledError):
+                await asyncio.shield(self._resign(fence, lease))
+
+    async def _resign(self, fence: int, lease: int) -> None:
+        await self.registry.resign(fence)
+        await self.registry.revoke_lease(lease)
+
+    async def _keep_lease(self, lease: int) -> None:
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
+        while True:
+            try:
+                await asyncio.wait_for(self._deposed.wait(), timeout=self.leader_ttl / 3)
+                raise LeadershipLost("a fenced write was refused")
+            except TimeoutError:
+                pass
+            try:
+                if await self.registry.keepalive_lease(lease) <= 0:
+                    raise LeadershipLost("the leader lease expired")
+                last_ok = loop.time()
+            except RegistryUnavailable as exc:
+                if loop.time() - last_ok > self.leader_ttl:
+                    raise LeadershipLost(f"could not refresh the leader lease for {self.leader_ttl}s: {exc}") from exc
+
+    def snapshot(self) -> ClusterSnapshot:
+        overrides: dict[str, dict[str, str]] = {}
+        for tail, value in self._meta.items.items():
+            machine_id, _, key = tail.partition("/")
+            overrides.setdefault(machine_id, {})[key] = value
+        machines: dict[MachineID, Machine] = {}
+        for machine in self._machines.items.values():
+            machines[machine.id] = merge_metadata(machine, overrides.get(machine.id, {}))
+        schedule: dict[MachineID, dict[str, ScheduleEntry]] = {}
+        for entry in self._schedule.items.values():
+            schedule.setdefault(entry.machine, {})[entry.unit] = entry
+        reported: dict[str, set[MachineID]] = {}
+        for tail in self._states.items:
+            machine_id, _, unit = tail.partition("/")
+            reported.setdefault(unit, set()).add(MachineID(machine_id))
+        return ClusterSnapshot(
+            units=dict(self._units.items),
+            machines=machines,
+            schedule=schedule,
+            reported={unit: frozenset(ms) for unit, ms in reported.items()},
+        )
+
+    async def _pass(self) -> float | None:
+        fence = self.fence
+        if fence is None or not self._mirror.loaded.is_set():
+            return None
+        plan = engine_plan(self.snapshot())
+        self.last_plan = plan
+        for unit, reason in sorted(plan.unplaced.items()):
+            if self.unplaced.get(unit) != reason:
+                log.info("unit %s not placed: %s", unit, reason)
+        self.unplaced = plan.unplaced
+        if not plan.actions:
+            return None
+        ops = [op for action in plan.actions for op in self.registry.engine_ops(action)]
+        try:
+            revisions = await self.registry.apply_fenced(ops, fence)
+        except LeadershipLost:
+            self._deposed.set()
+            return None
+        revision = revisions[-1]  # only this engine writes the schedule: the newest revision is safe for all
+        for action in plan.actions:
+            tail = f"{action.entry.machine}/{action.entry.unit}"
+            if isinstance(action, Unschedule):
+                self._schedule.delete_local(tail, revision)
+            else:
+                self._schedule.set_local(tail, action.entry, revision)
+        verbose = len(plan.actions) <= 50
+        for action in plan.actions:
+            if verbose:
+                log.info(
+                    "EngineReconciler completed task: type=%s unit=%s machine=%s reason=%r",
+                    type(action).__name__,
+                    action.entry.unit,
+                    action.entry.machine,
+                    action.reason,
+                )
+        if not verbose:
+            log.info("EngineReconciler completed %d tasks", len(plan.actions))
+        return None

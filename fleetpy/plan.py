@@ -1,0 +1,333 @@
+"""Reconcile plans: what the engine and an agent should do next, as data.
+
+Pure code: a plan is a function of a snapshot (what etcd and systemd say now) and returns actions, each with
+a short English reason that ends up in the log. The loops observe, call these, and act; the next pass observes
+again, so a plan never has to be complete, only correct: applying a plan and planning again gives nothing to
+do (tests/unit/test_plan.py states that as a property).
+
+Engine plan, in phases (FLEET-SPEC §3.3–3.7 with the fixes of §9):
+
+1. drop schedule entries that cannot stand: unit destroyed, desired ``inactive``, a template, machine gone;
+2. accept the remaining entries machine by machine in unit-name order, each checked against the units
+   accepted before it (conflicts, metadata, replaces), so of two entries that clash the first by name stays;
+   a unit whose ``MachineOf`` peer is not on its machine is dropped (repeated until nothing changes);
+3. give every eligible machine an entry for each ``Global`` unit (entries already there win);
+4. place the remaining units, in name order, on the least-loaded machine that passes every check; a unit
+   that was displaced by a ``Replaces`` is placed again, with its own requirements; a unit still reported on
+   another machine waits until that machine has unloaded it (never on two machines at once);
+5. bring kept entries up to date with their unit's hash and desired state.
+
+Agent plan: fleet's ordering (unload, load, reload, stop, start), executed until the first failure.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from fleetpy.errors import InvalidUnit
+from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitRecord
+from fleetpy.scheduler import LoadIndex, MachineView, Placed, check, choose, displaced
+from fleetpy.unit import Requirements, name_info, requirements
+
+# ------------------------------------------------------------------------------------------------------------
+# Engine
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """What the engine knows: units, live machines, the schedule, and where agents report units loaded."""
+
+    units: Mapping[str, UnitRecord]
+    machines: Mapping[MachineID, Machine]
+    schedule: Mapping[MachineID, Mapping[str, ScheduleEntry]]
+    reported: Mapping[str, frozenset[MachineID]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    entry: ScheduleEntry
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unschedule:
+    entry: ScheduleEntry
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    entry: ScheduleEntry
+    reason: str
+
+
+EngineAction = Schedule | Unschedule | Update
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    actions: tuple[EngineAction, ...]
+    unplaced: Mapping[str, str]  # unit → why no machine runs it
+
+    def __bool__(self) -> bool:
+        return bool(self.actions)
+
+
+@lru_cache(maxsize=65536)
+def _requirements(name: str, xfleet: tuple[tuple[str, str], ...]) -> Requirements:
+    return requirements(xfleet, name)
+
+
+def requirements_of(record: UnitRecord) -> Requirements:
+    """The record's interpreted requirements (memoised: records are immutable and plans run often)."""
+    return _requirements(record.name, record.requirements)
+
+
+@lru_cache(maxsize=65536)
+def _is_template(name: str) -> bool:
+    try:
+        return name_info(name).is_template
+    except InvalidUnit:  # a stored name that is not a unit name is never placed
+        return True
+
+
+MAX_DISPLACEMENTS = 3
+
+
+def engine_plan(
+    snapshot: ClusterSnapshot, reqs_of: Callable[[UnitRecord], Requirements] = requirements_of
+) -> EnginePlan:
+    units = snapshot.units
+    machines = snapshot.machines
+    actions: list[EngineAction] = []
+    reqs = {name: reqs_of(rec) for name, rec in units.items()}
+    views = {mid: MachineView(machines[mid]) for mid in sorted(machines)}
+    kept: dict[MachineID, dict[str, ScheduleEntry]] = {mid: {} for mid in views}
+    placed_on: dict[str, MachineID] = {}  # non-global units only
+
+    def wanted(name: str) -> bool:
+        record = units.get(name)
+        return record is not None and record.desired != DesiredState.INACTIVE and not _is_template(name)
+
+    # Phase 1: entries that cannot stand.
+    for mid in sorted(snapshot.schedule):
+        for name in sorted(snapshot.schedule[mid]):
+            entry = snapshot.schedule[mid][name]
+            record = units.get(name)
+            if record is None:
+                reason = "unit destroyed"
+            elif _is_template(name):
+                reason = "templates are never placed"
+            elif record.desired == DesiredState.INACTIVE:
+                reason = "target state inactive"
+            elif mid not in views:
+                reason = f"target Machine({mid}) went away"
+            elif not record.is_global and name in placed_on:
+                reason = f"unit is already placed on Machine({placed_on[name]})"
+            else:
+                kept[mid][name] = entry
+                if not record.is_global:
+                    placed_on[name] = mid
+                continue
+            actions.append(Unschedule(entry, reason))
+
+    # Phase 2: accept entries machine by machine, in name order.
+    for mid, entries in kept.items():
+        view = views[mid]
+        for name in sorted(entries):
+            if name not in entries:
+                continue  # displaced by a unit accepted before it
+            rejection = check(name, _without_peers(reqs[name]), view)
+            if rejection is not None:
+                reason = f"target Machine({mid}) unable to run unit: {rejection.message}"
+                actions.append(Unschedule(entries.pop(name), reason))
+                placed_on.pop(name, None)
+                continue
+            for other in displaced(name, reqs[name], view):
+                actions.append(Unschedule(entries.pop(other), f"replaced by Unit({name})"))
+                view.units.pop(other)
+                placed_on.pop(other, None)
+            view.units[name] = reqs[name]
+    changed = True
+    while changed:
+        changed = False
+        for mid, entries in kept.items():
+            view = views[mid]
+            for name in sorted(entries):
+                missing = [p for p in reqs[name].peers if p not in view.units]
+                if missing:
+                    actions.append(
+                        Unschedule(
+                            entries.pop(name),
+                            f"target Machine({mid}) unable to run unit: "
+                            f"required peer Unit({missing[0]}) is not "
+                            "scheduled locally",
+                        )
+                    )
+                    view.units.pop(name)
+                    placed_on.pop(name, None)
+                    changed = True
+
+    index = LoadIndex(views.values())
+
+    def schedule(name: str, mid: MachineID, reason: str) -> None:
+        record = units[name]
+        entry = ScheduleEntry(name, mid, record.hash, record.desired)
+        actions.append(Schedule(entry, reason))
+        kept[mid][name] = entry
+        index.add(mid, name, reqs[name])
+
+    # Phase 3: global units on every eligible machine.
+    for name in sorted(n for n in units if units[n].is_global and wanted(n)):
+        for mid, view in views.items():
+            if name in view.units:
+                continue
+            if check(name, reqs[name], view) is None:
+                schedule(name, mid, "global unit eligible on this machine")
+
+    # Phase 4: place what is not placed.
+    unplaced: dict[str, str] = {}
+    queue = sorted(n for n in units if not units[n].is_global and wanted(n) and n not in placed_on)
+    displacements: dict[str, int] = {}
+    while queue:
+        retry: list[str] = []
+        progress = False
+        for name in queue:
+            elsewhere = sorted(snapshot.reported.get(name, frozenset()) & views.keys())
+            if elsewhere:
+                unplaced[name] = f"waiting for it to stop on Machine({elsewhere[0]})"
+                continue
+            decision = choose(name, reqs[name], index)
+            if isinstance(decision, Placed):
+                unplaced.pop(name, None)
+                schedule(name, decision.machine, f"target state {units[name].desired} and unit not scheduled")
+                placed_on[name] = decision.machine
+                progress = True
+                for other in decision.displaces:
+                    entry = kept[decision.machine].pop(other)
+                    index.remove(decision.machine, other)
+                    placed_on.pop(other, None)
+                    actions.append(Unschedule(entry, f"replaced by Unit({name})"))
+                    displacements[other] = displacements.get(other, 0) + 1
+                    if displacements[other] <= MAX_DISPLACEMENTS:
+                        retry.append(other)
+                    else:
+                        unplaced[other] = "displaced too often by units that replace it"
+            else:
+                unplaced[name] = decision.reason
+                if reqs[name].peers:
+                    retry.append(name)  # its peer may be placed later in this pass
+        queue = sorted(set(retry)) if progress else []
+
+    # Phase 5: bring kept entries up to date.
+    for mid, entries in kept.items():
+        for name, entry in sorted(entries.items()):
+            record = units[name]
+            if (entry.hash, entry.desired) != (record.hash, record.desired):
+                new = ScheduleEntry(name, mid, record.hash, record.desired)
+                actions.append(Update(new, _update_reason(entry, record)))
+
+    return EnginePlan(tuple(actions), unplaced)
+
+
+def _without_peers(reqs: Requirements) -> Requirements:
+    """Peers are checked after every entry is accepted, because a peer may sort after its follower."""
+    if not reqs.peers:
+        return reqs
+    return Requirements(reqs.machine_id, (), reqs.metadata, reqs.conflicts, reqs.replaces, reqs.is_global)
+
+
+def _update_reason(entry: ScheduleEntry, record: UnitRecord) -> str:
+    if entry.hash != record.hash:
+        return f"unit replaced: hash {entry.hash[:7]} → {record.hash[:7]}"
+    return f"target state {entry.desired} → {record.desired}"
+
+
+def apply_engine_plan(snapshot: ClusterSnapshot, plan: EnginePlan) -> ClusterSnapshot:
+    """The snapshot as it will be once the plan's writes are done (agents not yet caught up)."""
+    schedule = {mid: dict(entries) for mid, entries in snapshot.schedule.items()}
+    for action in plan.actions:
+        entries = schedule.setdefault(action.entry.machine, {})
+        if isinstance(action, Unschedule):
+            entries.pop(action.entry.unit, None)
+        else:
+            entries[action.entry.unit] = action.entry
+    return ClusterSnapshot(snapshot.units, snapshot.machines, schedule, snapshot.reported)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Agent
+
+
+class ActionKind(enum.IntEnum):
+    """Agent actions; the value is the execution order within one plan."""
+
+    UNLOAD = 1
+    LOAD = 2
+    RELOAD = 3
+    STOP = 4
+    START = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    hash: str
+    state: DesiredState
+
+
+@dataclass(frozen=True, slots=True)
+class Current:
+    hash: str
+    achieved: DesiredState
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAction:
+    kind: ActionKind
+    unit: str
+    reason: str
+    hash: str = ""
+
+
+def agent_plan(desired: Mapping[str, Desired], current: Mapping[str, Current]) -> list[AgentAction]:
+    """fleet's agent reconciler (§3.8): actions ordered unload, load, reload, stop, start."""
+    actions: list[AgentAction] = []
+    for name in sorted(desired.keys() | current.keys()):
+        want = desired.get(name)
+        have = current.get(name)
+        if want is None or want.state == DesiredState.INACTIVE:
+            if have is not None:
+                actions.append(AgentAction(ActionKind.UNLOAD, name, "unit loaded but not scheduled here"))
+            continue
+        launch = want.state == DesiredState.LAUNCHED
+        if have is None or have.hash != want.hash:
+            if have is not None:
+                actions.append(AgentAction(ActionKind.UNLOAD, name, "unit loaded but hash differs to expected"))
+            actions.append(AgentAction(ActionKind.LOAD, name, "unit scheduled here but not loaded", want.hash))
+            if launch:
+                actions.append(
+                    AgentAction(ActionKind.START, name, "unit currently loaded but desired state is launched")
+                )
+        elif launch and have.achieved != DesiredState.LAUNCHED:
+            actions.append(AgentAction(ActionKind.START, name, "unit currently loaded but desired state is launched"))
+        elif not launch and have.achieved == DesiredState.LAUNCHED:
+            actions.append(AgentAction(ActionKind.STOP, name, "unit currently launched but desired state is loaded"))
+    if any(a.kind in (ActionKind.LOAD, ActionKind.UNLOAD) for a in actions):
+        actions.append(AgentAction(ActionKind.RELOAD, "", "unit files changed"))
+    actions.sort(key=lambda a: a.kind)
+    return actions
+
+
+def apply_agent_action(current: dict[str, Current], action: AgentAction) -> None:
+    """Record in ``current`` what a successful action achieved (the agent's own bookkeeping)."""
+    if action.kind == ActionKind.UNLOAD:
+        current.pop(action.unit, None)
+    elif action.kind == ActionKind.LOAD:
+        current[action.unit] = Current(action.hash, DesiredState.LOADED)
+    elif action.kind == ActionKind.START:
+        current[action.unit] = Current(current[action.unit].hash, DesiredState.LAUNCHED)
+    elif action.kind == ActionKind.STOP:
+        current[action.unit] = Current(current[action.unit].hash, DesiredState.LOADED)

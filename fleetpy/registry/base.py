@@ -1,0 +1,115 @@
+"""The narrow protocols through which each consumer sees the registry.
+
+The agent, the engine and the API each need a handful of operations, different ones; each depends on its own
+protocol, not on one wide interface. ``registry.store.EtcdRegistry`` implements them all. Every method raises
+``RegistryUnavailable`` when etcd cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView
+from fleetpy.plan import EngineAction
+from fleetpy.registry.mirror import Mirror, Prefix
+from fleetpy.registry.ops import Op
+
+
+class LeaseRegistry(Protocol):
+    async def grant_lease(self, ttl: int) -> int: ...
+
+    async def keepalive_lease(self, lease: int) -> int:
+        """The lease's new TTL, 0 if it no longer exists."""
+
+    async def lease_ttl(self, lease: int) -> int:
+        """Remaining TTL, -1 if the lease does not exist."""
+
+    async def revoke_lease(self, lease: int) -> None: ...
+
+
+class PresenceRegistry(LeaseRegistry, Protocol):
+    async def register_machine(self, machine: Machine, lease: int) -> None:
+        """Write the machine key on ``lease`` (overwriting any previous registration)."""
+
+    async def machine_lease(self, machine: MachineID) -> int | None:
+        """The lease of the machine's key, ``None`` if the machine is not registered."""
+
+    async def deregister_machine(self, machine: MachineID) -> None:
+        """Delete the machine key and every unit state the machine published."""
+
+
+class AgentRegistry(Protocol):
+    def schedule_prefix(self, machine: MachineID) -> Prefix[ScheduleEntry]:
+        """A mirror prefix of this machine's schedule only."""
+
+    def mirror(self, prefixes: Sequence[Prefix[Any]]) -> Mirror: ...
+
+    async def get_body(self, unit_hash: str) -> str | None:
+        """The canonical text with this hash, ``None`` if etcd has none."""
+
+    async def list_states(self, machine: MachineID | None = None) -> list[UnitState]: ...
+
+    async def publish_states(
+        self, machine: MachineID, lease: int, states: Sequence[UnitState], removed: Sequence[str]
+    ) -> None:
+        """Put ``states`` on ``lease`` and delete the states of ``removed`` units, in batched transactions."""
+
+
+class EngineRegistry(LeaseRegistry, Protocol):
+    async def campaign(self, machine: MachineID, lease: int) -> int | None:
+        """Create the leader key if absent; its create revision (the fence) on success, else ``None``."""
+
+    async def leader(self) -> tuple[MachineID, int] | None: ...
+
+    async def wait_for_vacancy(self, timeout: float) -> None:
+        """Return once the leader key is gone, or after ``timeout``."""
+
+    async def resign(self, fence: int) -> None:
+        """Delete the leader key if it is still ours."""
+
+    def engine_ops(self, action: EngineAction) -> list[Op]: ...
+
+    async def apply_fenced(self, ops: Sequence[Op], fence: int) -> list[int]:
+        """Write ``ops`` in transactions fenced on the leader key; ``LeadershipLost`` if the fence broke."""
+
+    def units_prefix(self) -> Prefix[UnitRecord]: ...
+
+    def machines_prefix(self) -> Prefix[Machine]: ...
+
+    def machine_meta_prefix(self) -> Prefix[str]: ...
+
+    def all_schedule_prefix(self) -> Prefix[ScheduleEntry]: ...
+
+    def states_presence_prefix(self) -> Prefix[None]: ...
+
+    def mirror(self, prefixes: Sequence[Prefix[Any]]) -> Mirror: ...
+
+
+class ApiRegistry(Protocol):
+    async def list_machines(self) -> list[Machine]:
+        """Registered machines, dynamic metadata merged, sorted by ID."""
+
+    async def set_machine_metadata(self, changes: Sequence[tuple[MachineID, str, str]]) -> None: ...
+
+    async def list_units(self) -> list[UnitView]:
+        """Every unit, sorted by name, with placements and states read at one revision."""
+
+    async def get_unit(self, name: str) -> UnitView | None: ...
+
+    async def get_body(self, unit_hash: str) -> str | None: ...
+
+    async def create_unit(self, record: UnitRecord, body: str) -> bool:
+        """Create unit and body; ``False`` (nothing written) if the name exists."""
+
+    async def replace_unit(self, record: UnitRecord, body: str, revision: int) -> None:
+        """Overwrite the unit if still at ``revision``; ``Conflict`` otherwise."""
+
+    async def set_desired(self, record: UnitRecord, revision: int) -> None:
+        """Write the record if still at ``revision``; ``Conflict`` otherwise."""
+
+    async def destroy_unit(self, name: str) -> bool:
+        """Delete the unit; ``False`` if there was none."""
+
+    async def list_states(self, machine: MachineID | None = None) -> list[UnitState]:
+        """Published unit states sorted by (unit, machine)."""

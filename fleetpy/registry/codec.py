@@ -1,0 +1,144 @@
+"""The JSON values stored in etcd, to and from fleetpy's records.
+
+Decoding is strict: a value that is not what fleetpy writes raises ``ValueError`` naming the problem, and the
+adapter decides to skip it (a corrupt key must not stop the cluster) and log it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitRecord, UnitState
+
+
+def _dumps(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _object(raw: bytes | str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} must be a string")
+    return value
+
+
+def _str_map(obj: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = obj.get(key) or {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"field {key!r} must map strings to strings")
+    return dict(value)
+
+
+def _state(obj: Mapping[str, Any], key: str) -> DesiredState:
+    return DesiredState.parse(_str(obj, key))
+
+
+# machines
+
+
+def encode_machine(machine: Machine) -> bytes:
+    return _dumps(
+        {
+            "id": machine.id,
+            "publicIP": machine.public_ip,
+            "metadata": dict(machine.metadata),
+            "version": machine.version,
+            "capabilities": dict(machine.capabilities),
+        }
+    )
+
+
+def decode_machine(raw: bytes) -> Machine:
+    obj = _object(raw)
+    caps = obj.get("capabilities") or {}
+    if not isinstance(caps, dict):
+        raise ValueError("field 'capabilities' must be an object")
+    return Machine(
+        id=MachineID(_str(obj, "id")),
+        public_ip=_str(obj, "publicIP", ""),
+        metadata=_str_map(obj, "metadata"),
+        version=_str(obj, "version", ""),
+        capabilities={str(k): bool(v) for k, v in caps.items()},
+    )
+
+
+# units
+
+
+def encode_unit(record: UnitRecord) -> bytes:
+    return _dumps(
+        {
+            "hash": record.hash,
+            "desired": record.desired.value,
+            "global": record.is_global,
+            "requirements": [list(pair) for pair in record.requirements],
+        }
+    )
+
+
+def decode_unit(name: str, raw: bytes) -> UnitRecord:
+    obj = _object(raw)
+    reqs = obj.get("requirements") or []
+    if not isinstance(reqs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in reqs
+    ):
+        raise ValueError("field 'requirements' must be a list of [name, value] pairs")
+    return UnitRecord(
+        name=name,
+        hash=_str(obj, "hash"),
+        desired=_state(obj, "desired"),
+        is_global=bool(obj.get("global", False)),
+        requirements=tuple((k, v) for k, v in reqs),
+    )
+
+
+# schedule
+
+
+def encode_entry(entry: ScheduleEntry) -> bytes:
+    return _dumps({"hash": entry.hash, "desired": entry.desired.value})
+
+
+def decode_entry(machine: MachineID, unit: str, raw: bytes) -> ScheduleEntry:
+    obj = _object(raw)
+    return ScheduleEntry(unit=unit, machine=machine, hash=_str(obj, "hash"), desired=_state(obj, "desired"))
+
+
+# unit states
+
+
+def encode_state(state: UnitState) -> bytes:
+    return _dumps(
+        {
+            "load": state.load,
+            "active": state.active,
+            "sub": state.sub,
+            "hash": state.hash,
+            "achieved": state.achieved.value,
+        }
+    )
+
+
+def decode_state(machine: MachineID, unit: str, raw: bytes) -> UnitState:
+    obj = _object(raw)
+    return UnitState(
+        unit=unit,
+        machine=machine,
+        load=_str(obj, "load", ""),
+        active=_str(obj, "active", ""),
+        sub=_str(obj, "sub", ""),
+        hash=_str(obj, "hash", ""),
+        achieved=_state(obj, "achieved"),
+    )

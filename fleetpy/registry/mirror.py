@@ -1,0 +1,132 @@
+"""Prefixes of etcd kept decoded in memory, current through watches.
+
+A ``Mirror`` reads all its prefixes in one transaction (one revision), then follows each with a watch resumed
+from the last revision it saw; a compacted revision means: read that prefix again. Loops read the mirror and
+are woken by its ``changed`` event; an event never carries data into a decision (level-based reconciling).
+A writer may record its own successful writes (``set_local``) so that its next pass sees them before the
+watch delivers them; revisions keep the two from undoing each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, TypeVar
+
+from fleetpy.errors import RegistryUnavailable
+from fleetpy.registry.ops import KV, Client, Compacted, Event, Range, backoff_delays
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Prefix(Generic[T]):
+    """One mirrored prefix: decoded values by key tail, with the mod revision each was seen at."""
+
+    def __init__(self, prefix: str, decode: Callable[[str, bytes], T]) -> None:
+        self.prefix = prefix
+        self.decode = decode
+        self.items: dict[str, T] = {}
+        self._revisions: dict[str, int] = {}
+        self._tombstones: dict[str, int] = {}
+        self.revision = 0  # the newest revision this prefix is known to be current at
+
+    def _set(self, tail: str, raw: bytes, revision: int) -> None:
+        if revision < self._revisions.get(tail, 0) or revision < self._tombstones.get(tail, 0):
+            return
+        self._tombstones.pop(tail, None)
+        try:
+            self.items[tail] = self.decode(tail, raw)
+            self._revisions[tail] = revision
+        except ValueError as exc:
+            log.warning("ignoring %s%s: %s", self.prefix, tail, exc)
+            self.items.pop(tail, None)
+
+    def _delete(self, tail: str, revision: int) -> None:
+        if revision < self._revisions.get(tail, 0):
+            return
+        self.items.pop(tail, None)
+        self._revisions.pop(tail, None)
+        self._tombstones[tail] = revision
+
+    def load(self, kvs: Iterable[KV], revision: int) -> None:
+        self.items.clear()
+        self._revisions.clear()
+        self._tombstones.clear()
+        for kv in kvs:
+            self._set(kv.key[len(self.prefix) :], kv.value, kv.mod_revision)
+        self.revision = revision
+
+    def apply(self, event: Event) -> None:
+        tail = event.key[len(self.prefix) :]
+        if event.deleted:
+            self._delete(tail, event.revision)
+        else:
+            self._set(tail, event.value, event.revision)
+        self.revision = max(self.revision, event.revision)
+        if len(self._tombstones) > 4096:
+            self._tombstones = {k: r for k, r in self._tombstones.items() if r > self.revision}
+
+    def set_local(self, tail: str, value: T, revision: int) -> None:
+        """Record our own successful write before its watch event arrives."""
+        if revision < self._revisions.get(tail, 0) or revision < self._tombstones.get(tail, 0):
+            return
+        self._tombstones.pop(tail, None)
+        self.items[tail] = value
+        self._revisions[tail] = revision
+
+    def delete_local(self, tail: str, revision: int) -> None:
+        self._delete(tail, revision)
+
+
+class Mirror:
+    """Several prefixes kept current in memory from one consistent read and a watch per prefix."""
+
+    def __init__(self, client: Client, prefixes: Sequence[Prefix[Any]]) -> None:
+        self.client = client
+        self.prefixes = list(prefixes)
+        self.changed = asyncio.Event()
+        self.loaded = asyncio.Event()
+
+    async def load(self) -> None:
+        result = await self.client.read(*(Range(p.prefix, prefix=True) for p in self.prefixes))
+        for prefix, kvs in zip(self.prefixes, result.ranges, strict=True):
+            prefix.load(kvs, result.revision)
+        self.loaded.set()
+        self.changed.set()
+
+    async def run(self) -> None:
+        """Load (retrying until etcd answers), then follow every prefix until cancelled."""
+        delays = iter(backoff_delays())
+        while True:
+            try:
+                await self.load()
+                break
+            except RegistryUnavailable as exc:
+                log.warning("loading %s: %s", ", ".join(p.prefix for p in self.prefixes), exc)
+                await asyncio.sleep(next(delays))
+        async with asyncio.TaskGroup() as group:
+            for prefix in self.prefixes:
+                group.create_task(self._follow(prefix))
+
+    async def _follow(self, prefix: Prefix[Any]) -> None:
+        delays = iter(backoff_delays())
+        while True:
+            try:
+                async for event in self.client.watch(prefix.prefix, prefix.revision + 1):
+                    prefix.apply(event)
+                    self.changed.set()
+                    delays = iter(backoff_delays())
+            except Compacted:
+                log.info("watch on %s was compacted: reading it again", prefix.prefix)
+                try:
+                    revision, kvs = await self.client.get_prefix(prefix.prefix)
+                    prefix.load(kvs, revision)
+                    self.changed.set()
+                except RegistryUnavailable as exc:
+                    log.warning("re-reading %s: %s", prefix.prefix, exc)
+                    await asyncio.sleep(next(delays))
+            except RegistryUnavailable as exc:
+                log.debug("watch on %s broke: %s", prefix.prefix, exc)
+                await asyncio.sleep(next(delays))
