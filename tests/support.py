@@ -1,0 +1,200 @@
+"""Helpers shared by the tests that use real etcd, real systemd and sandbox clusters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fleetpy.devcluster import EtcdServer
+from fleetpy.registry.etcd import EtcdClient
+from fleetpy.systemd.dbus import DbusSystemd
+
+T = TypeVar("T")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELLO = (
+    "[Unit]\nDescription=Hello World\n\n[Service]\n"
+    'ExecStart=/bin/bash -c "while true; do echo \\"Hello, world\\"; sleep 1; done"\n'
+)
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], *, timeout: float, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """Call ``probe`` until it returns something truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await probe()
+        except Exception as exc:  # a probe may fail while the system is still converging
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last result: {last!r}")
+        await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def systemd_at(bus: str) -> AsyncIterator[DbusSystemd]:
+    """A D-Bus connection to a sandbox host's own systemd, bypassing fleetpy."""
+    systemd = DbusSystemd(bus)
+    await systemd.connect()
+    try:
+        yield systemd
+    finally:
+        await systemd.close()
+
+
+async def unit_status(bus: str, name: str) -> tuple[str, str, str]:
+    async with systemd_at(bus) as systemd:
+        status = (await systemd.statuses([name]))[name]
+        return status.load, status.active, status.sub
+
+
+async def main_pid(bus: str, name: str) -> int:
+    async with systemd_at(bus) as systemd:
+        return await systemd.main_pid(name)
+
+
+@dataclass
+class CtlResult:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Machine:
+    id: str
+    name: str
+    bus: str
+    dir: str
+    public_ip: str
+    host_pid: int
+    cgroup: str
+
+    @property
+    def units_dir(self) -> str:
+        """The agent's unit directory, as seen from outside the host."""
+        return os.path.join(self.dir, "run", "user", "0", "fleetpy", "units")
+
+    def fleetpyd_pid(self) -> int:
+        try:
+            with open(f"/proc/{self.host_pid}/task/{self.host_pid}/children") as handle:
+                children = [int(p) for p in handle.read().split()]
+        except OSError:
+            return 0
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if b"fleetpy.cli.fleetpyd" in handle.read():
+                        return pid
+            except OSError:
+                continue
+        return 0
+
+
+class Cluster:
+    """A running ``fleetpyd dev`` (a subprocess of the test) on an etcd the test controls."""
+
+    def __init__(
+        self, state_dir: str, etcd: EtcdServer, machines: int = 3, agent_ttl: int = 10, extra: tuple[str, ...] = ()
+    ) -> None:
+        self.state_dir = state_dir
+        self.etcd = etcd
+        self.api_socket = os.path.join(state_dir, "api.sock")
+        self.prefix = "/fleetpy-" + os.path.basename(state_dir)[-12:]
+        self.agent_ttl = agent_ttl
+        command = [
+            sys.executable, "-m", "fleetpy.cli.fleetpyd", "dev", "--machines", str(machines),
+            "--state-dir", state_dir, "--api-socket", self.api_socket, "--etcd", etcd.endpoint,
+            "--prefix", self.prefix, "--agent-ttl", str(agent_ttl), *extra,
+        ]  # fmt: skip
+        self.log = open(os.path.join(os.path.dirname(state_dir), os.path.basename(state_dir) + ".log"), "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, cwd=ROOT)
+        self.description = self._wait_description()
+        self.machines = [
+            Machine(m["id"], m["name"], m["bus"], m["dir"], m["public_ip"], m["host_pid"], m["cgroup"])
+            for m in self.description["machines"]
+        ]
+
+    def _wait_description(self, timeout: float = 90) -> dict[str, Any]:
+        path = os.path.join(self.state_dir, "cluster.json")
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"fleetpyd dev exited with {self.process.returncode}:\n{self.log_tail()}")
+            if os.path.exists(path):
+                with open(path) as handle:
+                    return dict(json.load(handle))
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fleetpyd dev did not become ready:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.log.name, errors="replace") as handle:
+                return "".join(handle.readlines()[-40:])
+        except OSError:
+            return ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.api_socket}"
+
+    def machine(self, machine_id: str) -> Machine:
+        return next(m for m in self.machines if m.id == machine_id)
+
+    def ctl(self, *args: str, check: bool = False, timeout: float = 120, cwd: str | None = None) -> CtlResult:
+        env = dict(os.environ, FLEETPYCTL_ENDPOINT=self.endpoint)
+        result = subprocess.run(
+            [sys.executable, "-m", "fleetpy.cli.fleetpyctl", *args],
+            capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd, check=False,
+        )  # fmt: skip
+        out = CtlResult(result.returncode, result.stdout, result.stderr)
+        if check and out.code != 0:
+            raise AssertionError(f"fleetpyctl {' '.join(args)} exited {out.code}:\n{out.out}\n{out.err}")
+        return out
+
+    def registry_client(self) -> EtcdClient:
+        return EtcdClient([self.etcd.endpoint])
+
+    def kill_host(self, machine: Machine) -> None:
+        os.kill(machine.host_pid, signal.SIGKILL)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def write_unit(directory: str, name: str, text: str) -> str:
+    path = os.path.join(directory, name)
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path
+
+
+@contextlib.contextmanager
+def etcd_server(directory: str) -> Iterator[EtcdServer]:
+    server = EtcdServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
