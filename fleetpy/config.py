@@ -20,6 +20,7 @@ from fleetpy.keys import DEFAULT_PREFIX
 DEFAULT_CONFIG_FILE = "/etc/fleetpy/fleetpy.conf"
 ENV_PREFIX = "FLEETPY_"
 DEFAULT_API_SOCKET = "/run/fleetpy/fleetpy.sock"
+DEFAULT_DEV_STATE_DIR = "/tmp/fleetpy-dev"  # fleetpyd dev; not under /run, which each sandbox host replaces
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy.api.app import ApiSettings, make_app
+from fleetpy.config import DEFAULT_DEV_STATE_DIR
 from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
@@ -41,7 +42,6 @@ from fleetpy.registry.store import EtcdRegistry
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR = "/run/fleetpy-dev"
 CGROUP_GROUP = "fleetpy-hosts"
 _PR_SET_PDEATHSIG = 1
 
@@ -343,7 +343,7 @@ def fleetpyd_command(config_path: str) -> list[str]:
 @dataclass
 class DevOptions:
     machines: int = 3
-    state_dir: str = DEFAULT_STATE_DIR
+    state_dir: str = DEFAULT_DEV_STATE_DIR
     api_socket: str = ""  # default: STATE_DIR/fleetpy.sock
     prefix: str = "/fleetpy"
     agent_ttl: int = 10
@@ -366,6 +366,13 @@ class DevCluster:
     @property
     def cluster_file(self) -> str:
         return os.path.join(self.state_dir, "cluster.json")
+
+    def _check_state_dir(self) -> None:
+        if self.state_dir == "/run" or self.state_dir.startswith("/run/"):
+            raise ConfigError(
+                f"--state-dir {self.state_dir} is under /run, which every sandbox host replaces with "
+                "its own; choose another directory (the default is /tmp/fleetpy-dev)"
+            )
 
     def _check_not_running(self) -> None:
         try:
@@ -416,6 +423,7 @@ class DevCluster:
         os.replace(temporary, self.cluster_file)
 
     async def start(self) -> None:
+        self._check_state_dir()
         os.makedirs(self.state_dir, exist_ok=True)
         self._check_not_running()
         with contextlib.suppress(FileNotFoundError):

@@ -14,7 +14,15 @@ from typing import Any
 import click
 
 from fleetpy import __version__
-from fleetpy.config import DEFAULT_API_SOCKET, DEFAULT_CONFIG_FILE, build_settings, parse_config_text, parse_metadata
+from fleetpy.config import (
+    DEFAULT_API_SOCKET,
+    DEFAULT_CONFIG_FILE,
+    DEFAULT_DEV_STATE_DIR,
+    build_settings,
+    parse_config_text,
+    parse_duration,
+    parse_metadata,
+)
 from fleetpy.errors import ConfigError, FleetError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -83,8 +91,6 @@ def main(ctx: click.Context, /, config: str | None, version: bool, **flags: Any)
             elif name == "metadata":
                 value = parse_metadata(value)
             elif name == "agent_ttl":
-                from fleetpy.config import parse_duration
-
                 value = int(parse_duration(value))
             elif name == "api_listen":
                 value = tuple(value)
@@ -112,7 +118,7 @@ def version() -> None:
 @click.option("--machines", "-n", default=3, show_default=True, type=click.IntRange(1, 30), help="Sandbox hosts.")
 @click.option(
     "--state-dir",
-    default="/run/fleetpy-dev",
+    default=DEFAULT_DEV_STATE_DIR,
     show_default=True,
     metavar="DIR",
     help="Where hosts, etcd data and cluster.json live.",
