@@ -7,6 +7,7 @@ an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``ne
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +23,16 @@ API = "/fleet/v1"
 
 
 class ApiError(FleetError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Error {status}: {message}" if message else f"Error {status}")
+    """The API answered with an error status. It reads as fleetctl's Go client (googleapi) words it, so that
+    messages such as ``Error loading units: googleapi: Error 400: cannot activate template "a@.service"`` are
+    fleet's."""
+
+    def __init__(self, status: int, message: str, body: str = "") -> None:
+        if message:
+            text = f"googleapi: Error {status}: {message}"
+        else:
+            text = f"googleapi: got HTTP response code {status} with body: {body}"
+        super().__init__(text)
         self.status = status
         self.message = message
 
@@ -117,8 +126,20 @@ def parse_endpoint(endpoint: str) -> tuple[str, str]:
             )
         return "http://fleetpy", parts.path
     if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise EndpointUnavailable(f'Unable to initialize client: no host in endpoint "{first}"')
         return f"{parts.scheme}://{parts.netloc}", ""
     raise EndpointUnavailable(f'Unable to initialize client: unsupported URL scheme "{parts.scheme}"')
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a request failed, without aiohttp's repetition of the address (``[Errno 2] ...`` → its text)."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "the request timed out"
+    error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    return str(exc) or type(exc).__name__
 
 
 class Client:
@@ -168,11 +189,14 @@ class Client:
                     message = ""
                     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
                         message = str(payload["error"].get("message", ""))
-                    raise ApiError(response.status, message or raw.decode(errors="replace").strip())
+                    raise ApiError(response.status, message, raw.decode(errors="replace").strip())
                 return response.status, payload
-        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
-            where = f"unix://{self.socket_path}" if self.socket_path else self.base
-            raise EndpointUnavailable(f"cannot reach the fleetpy API at {where}: {exc or type(exc).__name__}") from exc
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise EndpointUnavailable(f"cannot reach the fleetpy API at {self.where}: {_reason(exc)}") from exc
+
+    @property
+    def where(self) -> str:
+        return f"unix://{self.socket_path}" if self.socket_path else self.base
 
     async def _pages(self, path: str, key: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

@@ -7,10 +7,11 @@ Paths are served under ``/fleet/v1`` and the legacy ``/v1-alpha``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -48,8 +49,16 @@ class ApiSettings:
         self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
 
 
+# Compact, as Go's json.Marshal writes it: fleet's clients and scripts see the same bytes.
+_dumps = functools.partial(json.dumps, separators=(",", ":"))
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
 def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"error": {"code": status, "message": message}}, status=status)
+    return json_response({"error": {"code": status, "message": message}}, status=status)
 
 
 def _message(exc: BaseException) -> str:
@@ -125,10 +134,16 @@ async def not_found(_request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------------------------- machines
 
 
+def _page(request: web.Request, items: Sequence[Any], key: str) -> web.Response:
+    # Every value of the parameter, not ``query[...]``: two tokens are an error, and a single token is a
+    # string that must not be taken for a list of one-character values.
+    query = {"nextPageToken": request.query.getall("nextPageToken", [])}
+    return json_response(schema.page(items, key, query, request.app[SETTINGS].token_limit))
+
+
 async def list_machines(request: web.Request) -> web.StreamResponse:
     machines = await request.app[REGISTRY].list_machines()
-    items = [schema.machine_json(m) for m in machines]
-    return web.json_response(schema.page(items, "machines", request.query, request.app[SETTINGS].token_limit))
+    return _page(request, [schema.machine_json(m) for m in machines], "machines")
 
 
 # ---------------------------------------------------------------------------------------------- units
@@ -146,14 +161,14 @@ async def list_units(request: web.Request) -> web.StreamResponse:
         body["units"] = items
     if len(items) == settings.token_limit:
         body["nextPageToken"] = schema.encode_token(settings.token_limit, number + 1)
-    return web.json_response(body)
+    return json_response(body)
 
 
 async def get_unit(request: web.Request) -> web.StreamResponse:
     view = await request.app[REGISTRY].get_unit(request.match_info["name"])
     if view is None:
         raise UnitNotFound("unit does not exist")
-    return web.json_response(await _unit_json(request, view))
+    return json_response(await _unit_json(request, view))
 
 
 async def delete_unit(request: web.Request) -> web.StreamResponse:
@@ -178,11 +193,19 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _desired(raw: Any) -> DesiredState | None:
-    if raw is None or raw == "":
+def _string(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadRequest(f"unable to decode body: {key} must be a string")
+    return value
+
+
+def _desired(raw: str) -> DesiredState | None:
+    """The requested desired state, ``None`` when empty; an unknown value is a 400 (fleet: 500 or stored)."""
+    if not raw:
         return None
-    if not isinstance(raw, str):
-        raise BadRequest("unable to decode body: desiredState must be a string")
     try:
         return DesiredState.parse(raw)
     except ValueError as exc:
@@ -195,7 +218,11 @@ def _check_template(name: str, desired: DesiredState) -> None:
 
 
 def _unit_from_options(options: list[UnitOption]) -> UnitFile:
-    unit = UnitFile.from_options(options)
+    # What is stored is the canonical text, in which each section's options are grouped (FLEET-SPEC §2.6).
+    # A file that repeats a section header arrives with its options in file order, and fleet accepts it:
+    # group them (a stable sort, so the hash is unchanged) before the round-trip check.
+    first_seen = {section: i for i, section in enumerate(dict.fromkeys(o.section for o in options))}
+    unit = UnitFile.from_options(sorted(options, key=lambda o: first_seen[o.section]))
     validate_requirements(unit.xfleet)
     return unit
 
@@ -207,15 +234,15 @@ def _record(name: str, unit: UnitFile, desired: DesiredState) -> UnitRecord:
 async def put_unit(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     url_name = request.match_info["name"]
+    # fleet's order (FLEET-SPEC §4.3): decode the whole body, compare the names, validate the name.
     body = await _read_json(request)
-    body_name = body.get("name") or ""
-    if not isinstance(body_name, str):
-        raise BadRequest("unable to decode body: name must be a string")
+    body_name = _string(body, "name")
+    raw_desired = _string(body, "desiredState")
+    options = schema.parse_options(body.get("options"))
     if body_name and body_name != url_name:
         raise BadRequest(f'name in URL "{url_name}" differs from unit name in request body "{body_name}"')
     validate_name(url_name)
-    options = schema.parse_options(body.get("options"))
-    desired = _desired(body.get("desiredState"))
+    desired = _desired(raw_desired)
     existing = await registry.get_unit(url_name)
 
     if existing is None:
@@ -255,8 +282,7 @@ async def list_states(request: web.Request) -> web.StreamResponse:
     states = await request.app[REGISTRY].list_states(MachineID(machine) if machine else None)
     if unit:
         states = [s for s in states if s.unit == unit]
-    items = [schema.state_json(s) for s in states]
-    return web.json_response(schema.page(items, "states", request.query, request.app[SETTINGS].token_limit))
+    return _page(request, [schema.state_json(s) for s in states], "states")
 
 
 async def get_state(request: web.Request) -> web.StreamResponse:
@@ -264,7 +290,7 @@ async def get_state(request: web.Request) -> web.StreamResponse:
     states = [s for s in await request.app[REGISTRY].list_states() if s.unit == name]
     if not states:
         raise UnitNotFound("unit state does not exist")
-    return web.json_response(schema.state_json(states[0]))
+    return json_response(schema.state_json(states[0]))
 
 
 # ---------------------------------------------------------------------------------------------- the app

@@ -97,7 +97,37 @@ def block_attempts(no_block: bool, attempts: int) -> int:
 # -------------------------------------------------------------------------------------------------- the group
 
 
-@click.group(context_settings=CONTEXT, invoke_without_command=True)
+class Commands(click.Group):
+    """cobra's command lookup, as fleetctl has it: a unique prefix names a command (``list-m``); anything
+    else is an unknown command, which exits non-zero (FLEET-SPEC §1.1, §9.1)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        matches = self._prefixed(ctx, cmd_name)
+        return super().get_command(ctx, matches[0]) if len(matches) == 1 else None
+
+    def _prefixed(self, ctx: click.Context, prefix: str) -> list[str]:
+        return [n for n in self.list_commands(ctx) if n.startswith(prefix)] if prefix else []
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0]
+        command = self.get_command(ctx, name)
+        if command is None and not ctx.resilient_parsing:
+            if name.startswith("-"):
+                self.parse_args(ctx, args)  # an unknown option: click says so
+            message = f'unknown command "{name}" for "{ctx.command_path}"'
+            suggestions = self._prefixed(ctx, name)
+            if suggestions:
+                message += "\n\nDid you mean this?\n" + "".join(f"\t{s}\n" for s in suggestions)
+            ctx.fail(message)
+        return (command.name if command else None), command, args[1:]
+
+
+@click.group(cls=Commands, context_settings=CONTEXT, invoke_without_command=True)
 @click.option(
     "--endpoint",
     envvar="FLEETPYCTL_ENDPOINT",
@@ -138,6 +168,23 @@ def main(ctx: click.Context, endpoint: str, request_timeout: float, show_version
 def version() -> None:
     """Print the version."""
     click.echo(f"fleetpyctl version {__version__}")
+
+
+@main.command("help", context_settings=CONTEXT)
+@click.argument("command", required=False)
+@click.pass_context
+def help_command(ctx: click.Context, command: str | None) -> None:
+    """Help about any command."""
+    parent = ctx.parent
+    assert parent is not None
+    if not command:
+        click.echo(parent.get_help())
+        return
+    found = main.get_command(parent, command)
+    if found is None:
+        raise click.UsageError(f'unknown command "{command}" for "{parent.command_path}"', parent)
+    with click.Context(found, info_name=found.name, parent=parent) as sub:
+        click.echo(found.get_help(sub))
 
 
 # -------------------------------------------------------------------------------------------------- listings
@@ -292,7 +339,10 @@ def cat(ctx: click.Context, units: tuple[str, ...]) -> None:
         if len(units) != 1:
             raise CliError("One unit file must be provided")
         name = mangle_name(units[0])
-        unit = await client.unit(name)
+        try:
+            unit = await client.unit(name)
+        except (ApiError, EndpointUnavailable) as exc:
+            raise CliError(f"Error retrieving Unit {name}: {exc}") from None
         if unit is None:
             raise CliError(f"Unit {name} not found")
         click.echo(serialize(unit.options), nl=False)
@@ -550,6 +600,26 @@ def submit(ctx: click.Context, replace: bool, units: tuple[str, ...]) -> None:
     _run(ctx, body)
 
 
+def _timed_out(exc: TimeoutError, per_command: str) -> CliError:
+    """fleetctl's two lines for a wait that gave up: the wait's own error, then the command's."""
+    return CliError(f"Error waiting for units: {exc}\n{per_command}")
+
+
+def _trigger(found: dict[str, ApiUnit], names: Sequence[str], verb: str, no_block: bool) -> list[str]:
+    """Print fleetctl's lines for units whose desired state was just set; the non-global ones to wait for.
+
+    Global units are never waited for. With ``--no-block`` each other unit gets one ``Triggered`` line
+    (fleetctl printed it twice for ``start``, FLEET-SPEC §9.5)."""
+    for name in names:
+        if found[name].is_global:
+            click.echo(f"Triggered global unit {name} {verb}")
+    waiting = [n for n in names if not found[n].is_global]
+    if no_block:
+        for name in waiting:
+            click.echo(f"Triggered unit {name} {verb}")
+    return waiting
+
+
 def _state_command(command: str, state: DesiredState, verb: str, error: str) -> Callable[..., Any]:
     async def body(
         ctl: Ctl, client: Client, units: Sequence[str], replace: bool, no_block: bool, attempts: int
@@ -558,23 +628,15 @@ def _state_command(command: str, state: DesiredState, verb: str, error: str) -> 
             raise CliError("No units given")
         names = await create_units(ctl, client, units, replace=replace, command=command, attempts=attempts)
         current = await _units_by_name(client, names)
-        todo = [n for n in names if n in current and current[n].desired != state.value]
+        todo = [n for n in dict.fromkeys(names) if n in current and current[n].desired != state.value]
         await set_states(client, todo, state, error)
-        wait = []
-        for name in todo:
-            if current[name].is_global:
-                click.echo(f"Triggered global unit {name} {verb}")
-            elif no_block:
-                click.echo(f"Triggered unit {name} {verb}")
-            else:
-                wait.append(name)
-        if not wait:
+        wait = _trigger(current, todo, verb, no_block)
+        if no_block or not wait:
             return
         try:
             await wait_for_states(ctl, client, wait, state.value, attempts)
         except TimeoutError as exc:
-            label = "Error waiting for units" if command == "start" else "Error waiting for unit states, exit status"
-            raise CliError(f"{label}: {exc}") from None
+            raise _timed_out(exc, "Error waiting for unit states, exit status: 1") from None
         if command == "start":
             await wait_for_systemd_active(client, wait, attempts)
 
@@ -614,6 +676,17 @@ def start(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int
     _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
 
 
+async def find_units(client: Client, units: Sequence[str]) -> dict[str, ApiUnit]:
+    """fleetctl's findUnits: the named units that exist, in the cluster's order (by name); missing ones are
+    skipped, and none at all is ``Units not found in registry`` (exit 0)."""
+    if not units:
+        raise CliError("No units given")
+    found = await _units_by_name(client, list(dict.fromkeys(mangle_name(u) for u in units)))
+    if not found:
+        raise CliError("Units not found in registry", 0)
+    return dict(sorted(found.items()))
+
+
 @main.command(context_settings=CONTEXT)
 @_blocking_options
 @click.argument("units", nargs=-1)
@@ -627,17 +700,9 @@ def stop(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[s
     """
 
     async def body(ctl: Ctl, client: Client) -> None:
-        if not units:
-            raise CliError("No units given")
-        names = [mangle_name(u) for u in units]
-        found = await _units_by_name(client, names)
-        if not found:
-            raise CliError("Units not found in registry", 0)
+        found = await find_units(client, units)
         todo = []
-        for name in names:
-            unit = found.get(name)
-            if unit is None:
-                continue
+        for name, unit in found.items():
             if not unit.is_global:
                 if unit.current == "inactive":
                     raise CliError(f"Unable to stop unit {name} in state inactive")
@@ -645,21 +710,13 @@ def stop(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[s
                     continue
             todo.append(name)
         await set_states(client, todo, DesiredState.LOADED, "Error stopping units")
-        wait = []
-        for name in todo:
-            if found[name].is_global:
-                click.echo(f"Triggered global unit {name} stop")
-            elif no_block:
-                click.echo(f"Triggered unit {name} stop")
-            else:
-                wait.append(name)
-        if wait:
+        stopping = _trigger(found, todo, "stop", no_block)
+        if stopping and not no_block:
             try:
-                await wait_for_states(ctl, client, wait, "loaded", block_attempts)
+                await wait_for_states(ctl, client, stopping, "loaded", block_attempts)
             except TimeoutError as exc:
-                raise CliError(f"Failed to stop units [{' '.join(wait)}]. err: {exc}") from None
-        if not no_block:
-            click.echo(f"Successfully stopped units [{' '.join(wait)}].", err=True)
+                raise _timed_out(exc, f"Failed to stop units [{' '.join(stopping)}]. err: {exc}") from None
+        click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
 
     _run(ctx, body)
 
@@ -677,33 +734,22 @@ def unload(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple
     """
 
     async def body(ctl: Ctl, client: Client) -> None:
-        if not units:
-            raise CliError("No units given")
-        names = [mangle_name(u) for u in units]
-        found = await _units_by_name(client, names)
-        if not found:
-            raise CliError("Units not found in registry", 0)
+        found = await find_units(client, units)
+        # fleetctl skips units whose current state is inactive; one that is still waiting to be placed
+        # (desired loaded or launched) is unloaded too, or it would be placed after the command.
         todo = [
-            n
-            for n in names
-            if n in found and (found[n].is_global or found[n].current != "inactive" or found[n].desired != "inactive")
+            name
+            for name, unit in found.items()
+            if unit.is_global or unit.current != "inactive" or unit.desired != "inactive"
         ]
         await set_states(client, todo, DesiredState.INACTIVE, "Error unloading units")
-        wait = []
-        for name in todo:
-            if found[name].is_global:
-                click.echo(f"Triggered global unit {name} unload")
-            elif no_block:
-                click.echo(f"Triggered unit {name} unload")
-            else:
-                wait.append(name)
-        if wait:
+        unloading = _trigger(found, todo, "unload", no_block)
+        if unloading and not no_block:
             try:
-                await wait_for_states(ctl, client, wait, "inactive", block_attempts)
+                await wait_for_states(ctl, client, unloading, "inactive", block_attempts)
             except TimeoutError as exc:
-                raise CliError(f"Failed to unload units [{' '.join(wait)}]. err: {exc}") from None
-        if not no_block:
-            click.echo(f"Successfully unloaded units [{' '.join(wait)}].", err=True)
+                raise _timed_out(exc, f"Failed to unload units [{' '.join(unloading)}]. err: {exc}") from None
+        click.echo(f"Successfully unloaded units [{' '.join(unloading)}].", err=True)
 
     _run(ctx, body)
 
@@ -720,24 +766,21 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
       fleetpyctl destroy hello.service
     """
 
-    async def body(_ctl: Ctl, client: Client) -> None:
-        if not units:
-            raise CliError("No units given")
-        names = list(dict.fromkeys(mangle_name(u) for u in units))
-        found = await _units_by_name(client, names)
-        if not found:
-            raise CliError("Units not found in registry", 0)
-        for name in names:
-            if name not in found:
-                continue
+    async def body(_ctl: Ctl, client: Client) -> int:
+        failed = False
+        for name in await find_units(client, units):
             try:
-                await client.destroy(name)
+                if not await client.destroy(name):
+                    continue  # destroyed meanwhile by someone else: fleetctl ignores the 404 too
             except ApiError as exc:
-                raise CliError(f"Error destroying units: {exc}") from None
+                click.echo(f"Error destroying units: {exc}", err=True)
+                failed = True
+                continue
             click.echo(f"Destroyed {name}")
+        return 1 if failed else 0
 
     _run(ctx, body)
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="fleetpyctl")
