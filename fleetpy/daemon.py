@@ -108,7 +108,7 @@ async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[
 async def serve(settings: Settings) -> int:
     """Run fleetpyd until SIGTERM/SIGINT; the exit code."""
     runtime = runtime_directory(settings)
-    lock = _lock(runtime)
+    lock = _lock(runtime) if not settings.disable_agent else None  # one agent per runtime directory
     client = EtcdClient(
         settings.etcd_servers,
         timeout=settings.etcd_request_timeout,
@@ -171,13 +171,15 @@ async def serve(settings: Settings) -> int:
                 notify("READY=1")
             if engine is not None:
                 group.create_task(engine.run())
+            if agent is None and engine is None:
+                await stop.wait()  # API only: nothing else to run until we are told to stop
 
     main = asyncio.create_task(components())
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if main in done:
-            main.result()  # a component ended: that is a bug or a fatal error; let it surface
+        if main in done and not stop.is_set():
+            main.result()  # a component ended on its own: a bug or a fatal error; let it surface
             return 1
         log.info("shutting down")
         notify("STOPPING=1")
@@ -192,4 +194,5 @@ async def serve(settings: Settings) -> int:
         stopper.cancel()
         await runner.cleanup()
         await client.close()
-        lock.close()
+        if lock is not None:
+            lock.close()

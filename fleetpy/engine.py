@@ -101,11 +101,10 @@ class Engine:
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         while True:
-            try:
-                await asyncio.wait_for(self._deposed.wait(), timeout=self.leader_ttl / 3)
-                raise LeadershipLost("a fenced write was refused")
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.leader_ttl / 3):
+                    await self._deposed.wait()
+                    raise LeadershipLost("a fenced write was refused")
             try:
                 if await self.registry.keepalive_lease(lease) <= 0:
                     raise LeadershipLost("the leader lease expired")

@@ -10,6 +10,7 @@ daemon), because a loop kept alive around a broken invariant does more harm than
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -47,10 +48,11 @@ class Reconciler:
         failures = 0
         while True:
             if delay > 0:
-                try:
-                    await asyncio.wait_for(self.wake_event.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation that races
+                # with the event being set, and the loop would then never end.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.wake_event.wait()
             if self.settle:
                 await asyncio.sleep(self.settle)  # let a burst of watch events land in one pass
             self.wake_event.clear()

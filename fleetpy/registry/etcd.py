@@ -78,7 +78,8 @@ class _AetcdClient(aetcd.Client):  # type: ignore[misc]
         if self._connected.is_set():
             return
         if self._is_connecting:  # type: ignore[has-type]
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
+            async with asyncio.timeout(self._connect_wait_timeout):
+                await self._connected.wait()
             return
         try:
             self._is_connecting = True
@@ -250,7 +251,8 @@ class EtcdClient:
             return 0
 
         try:
-            return await asyncio.wait_for(once(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await once()
         except (TimeoutError, grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError) as exc:
             raise _translate(exc, "lease keep-alive") from exc
 

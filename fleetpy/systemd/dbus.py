@@ -81,11 +81,12 @@ class DbusSystemd:
             if self.connected:
                 return
             try:
-                if self.address:
-                    bus = await MessageBus(bus_address=self.address).connect()
-                else:
-                    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-            except (OSError, EOFError, ValueError, Exception) as exc:
+                async with asyncio.timeout(_CALL_TIMEOUT):
+                    if self.address:
+                        bus = await MessageBus(bus_address=self.address).connect()
+                    else:
+                        bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+            except Exception as exc:  # dbus-next raises many kinds; all mean "not reachable now"
                 raise SystemdUnavailable(
                     f"cannot connect to the D-Bus of systemd ({self.address or 'system bus'}): {exc}"
                 ) from exc
@@ -106,7 +107,8 @@ class DbusSystemd:
         if bus is not None:
             bus.disconnect()
             try:
-                await asyncio.wait_for(bus.wait_for_disconnect(), 2)
+                async with asyncio.timeout(2):
+                    await bus.wait_for_disconnect()
             except Exception as exc:  # a bus that is already gone may report its own error
                 log.debug("closing the D-Bus connection: %s", exc)
 
@@ -147,7 +149,8 @@ class DbusSystemd:
             body=body or [],
         )
         try:
-            reply = await asyncio.wait_for(bus.call(message), _CALL_TIMEOUT)
+            async with asyncio.timeout(_CALL_TIMEOUT):
+                reply = await bus.call(message)
         except (TimeoutError, OSError, EOFError) as exc:
             self._bus = None
             raise SystemdUnavailable(f"D-Bus call {member} failed: {exc or type(exc).__name__}") from exc

@@ -78,9 +78,12 @@ def stop_process(api: ApiProcess) -> None:
 
 @pytest.fixture
 def api_process(etcd: EtcdServer, prefix: str, workdir: str) -> Iterator[ApiProcess]:
-    """fleetpyd's API on a unix socket of its own (see ``api_server.py`` for why it is not fleetpyd itself)."""
+    """An API-only fleetpyd (no agent, no engine) on a unix socket of its own."""
     sock = os.path.join(workdir, f"ctl-{prefix.strip('/')}.sock")
-    command = [sys.executable, "-m", "tests.cli.api_server", sock, etcd.endpoint, prefix]
+    command = [
+        sys.executable, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--disable-engine", "--api-socket", sock,
+        "--etcd-servers", etcd.endpoint, "--etcd-key-prefix", prefix,
+    ]  # fmt: skip
     api = start_process(command, sock, os.path.join(workdir, f"ctl-{prefix.strip('/')}.log"))
     try:
         wait_serving(api)

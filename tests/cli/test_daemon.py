@@ -6,8 +6,6 @@ import os
 import signal
 import sys
 
-import pytest
-
 from fleetpy.devcluster import EtcdServer
 from tests.cli.conftest import Ctl, start_process, stop_process, wait_serving
 from tests.support import write_unit
@@ -15,12 +13,6 @@ from tests.support import write_unit
 HELLO = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sleep 100\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon.serve returns 1 as soon as the API listens when neither agent nor engine runs: its empty "
-    "component group ends at once and is taken for a crashed component. Once fixed, remove this mark and let "
-    "the api_process fixture start fleetpyd itself instead of tests/cli/api_server.py.",
-)
 async def test_an_api_only_fleetpyd_serves_until_it_is_stopped(
     etcd: EtcdServer, prefix: str, workdir: str, files: str
 ) -> None:
