@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from fleetpy.errors import InvalidUnit
 
@@ -112,18 +112,23 @@ class _Lexer:
         return chunk, True
 
     def _to_eol(self) -> tuple[str, bool]:
+        """The rest of the line without its newline, and whether the input ended first.
+
+        go-systemd trims ``\\r`` *before* ``\\n``, so a CRLF line keeps its ``\\r``: a value ending in
+        ``\\`` + CRLF is not continued, and the next line is lexed as a new option."""
         line, found = self._read_through("\n")
-        line = line.removesuffix("\n").removesuffix("\r")
+        line = line.removesuffix("\r").removesuffix("\n")
         return line, not found
 
     def _skip_comment(self) -> bool:
         """Skip a comment line (and its continuations); False at end of input."""
         while True:
-            line, found = self._read_through("\n")
-            if not found:
+            line, eof = self._to_eol()
+            # go-systemd drops one trailing space before looking for the continuation backslash.
+            if not line.removesuffix(" ").endswith("\\"):
+                return not eof
+            if eof:
                 return False
-            if not line.removesuffix("\n").endswith("\\"):
-                return True
 
     def lex(self) -> list[UnitOption]:
         # Before the first section header everything is ignored, character by character.
@@ -306,15 +311,40 @@ def name_info(name: str) -> NameInfo:
     return NameInfo(name, base, base[:at], base[at + 1 :], f"{base[:at]}@{suffix}", suffix)
 
 
-def _show_char(char: str) -> str:
-    return char if char.isprintable() else repr(char)[1:-1]
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
+
+
+def _go_escape(char: str, quote: str) -> str:
+    """One character as Go's ``strconv.Quote``/``QuoteRune`` writes it between ``quote`` characters."""
+    if char in (quote, "\\"):
+        return "\\" + char
+    if char.isprintable():  # Go's IsPrint: letters, marks, numbers, punctuation, symbols and ASCII space
+        return char
+    if char in _GO_ESCAPES:
+        return _GO_ESCAPES[char]
+    code = ord(char)
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if 0xD800 <= code <= 0xDFFF:  # not a valid rune: Go writes the replacement character
+        code = 0xFFFD
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def go_quote(text: str) -> str:
+    """Go's ``%q`` of a string, as fleet's messages print names and values."""
+    return '"' + "".join(_go_escape(c, '"') for c in text) + '"'
+
+
+def _go_quote_rune(char: str) -> str:
+    """Go's ``%q`` of a rune."""
+    return "'" + _go_escape(char, "'") + "'"
 
 
 def validate_name(name: str) -> None:
     """Raise ``InvalidUnit`` with fleet's message if ``name`` is not a valid unit name (§2.4)."""
     if not name:
         raise InvalidUnit("unit name cannot be empty")
-    if len(name) > NAME_MAX:
+    if len(name.encode("utf-8", "surrogatepass")) > NAME_MAX:  # Go's len(): bytes, not characters
         raise InvalidUnit(f"unit name exceeds maximum length ({NAME_MAX})")
     dot = name.rfind(".")
     if dot == -1:
@@ -323,18 +353,14 @@ def validate_name(name: str) -> None:
         raise InvalidUnit('unit name cannot end in "."')
     suffix = name[dot + 1 :]
     if suffix not in UNIT_TYPES:
-        raise InvalidUnit(f'invalid unit type: "{_show_char_all(suffix)}"')
+        raise InvalidUnit(f"invalid unit type: {go_quote(suffix)}")
     if "@" in name and suffix not in TEMPLATE_UNIT_TYPES:
-        raise InvalidUnit(f'invalid unit type for template: "{suffix}"')
+        raise InvalidUnit(f"invalid unit type for template: {go_quote(suffix)}")
     for char in name[:dot]:
         if char not in _NAME_CHARS:
-            raise InvalidUnit(f"invalid character '{_show_char(char)}' in unit name")
+            raise InvalidUnit(f"invalid character {_go_quote_rune(char)} in unit name")
     if name.startswith("@"):
         raise InvalidUnit('unit name cannot start in "@"')
-
-
-def _show_char_all(text: str) -> str:
-    return "".join(_show_char(c) for c in text)
 
 
 def mangle_name(argument: str) -> str:
@@ -359,9 +385,13 @@ class _Class:
     negated: bool
     ranges: tuple[tuple[str, str], ...]
 
-    def matches(self, char: str) -> bool:
-        hit = any(lo <= char <= hi for lo, hi in self.ranges)
-        return hit != self.negated
+    def regex(self) -> str:
+        # Go compares runes: a range whose end sorts before its start matches nothing (Python would refuse it).
+        ranges = [(lo, hi) for lo, hi in self.ranges if lo <= hi]
+        if not ranges:
+            return "(?s:.)" if self.negated else "(?!)"
+        body = "".join(re.escape(lo) if lo == hi else f"{re.escape(lo)}-{re.escape(hi)}" for lo, hi in ranges)
+        return f"[{'^' if self.negated else ''}{body}]"
 
 
 _STAR, _ANY = object(), object()
@@ -418,36 +448,35 @@ def _compile_glob(pattern: str) -> tuple[_Token, ...]:
     return tuple(tokens)
 
 
-def path_match(pattern: str, name: str) -> bool:
-    """Go's ``path.Match``: ``*`` and ``?`` never match ``/``; a malformed pattern matches nothing."""
+@lru_cache(maxsize=4096)
+def _glob_regex(pattern: str) -> re.Pattern[str] | None:
+    """The pattern as a compiled regular expression; ``None`` when Go would call it malformed."""
     try:
         tokens = _compile_glob(pattern)
     except _BadPattern:
-        return False
-    # positions[j] is True when name[:j] can be matched by the tokens seen so far.
-    positions = [True] + [False] * len(name)
+        return None
+    parts = []
     for token in tokens:
-        following = [False] * (len(name) + 1)
         if token is _STAR:
-            for j in range(len(name) + 1):
-                if positions[j] or (j > 0 and following[j - 1] and name[j - 1] != "/"):
-                    following[j] = True
+            parts.append("[^/]*")
+        elif token is _ANY:
+            parts.append("[^/]")
+        elif isinstance(token, _Class):
+            parts.append(token.regex())
         else:
-            for j in range(len(name)):
-                if not positions[j]:
-                    continue
-                char = name[j]
-                if token is _ANY:
-                    ok = char != "/"
-                elif isinstance(token, _Class):
-                    ok = token.matches(char)
-                else:
-                    ok = char == token
-                following[j + 1] = following[j + 1] or ok
-        positions = following
-        if not any(positions):
-            return False
-    return positions[len(name)]
+            parts.append(re.escape(str(token)))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def path_match(pattern: str, name: str) -> bool:
+    """Go's ``path.Match``: ``*`` and ``?`` never match ``/``; a malformed pattern matches nothing.
+
+    Go matches chunk by chunk without backtracking across stars; because a star cannot cross ``/`` that finds
+    the same matches as a full backtracking match, which is what the compiled expression does (the unit tests
+    compare the two on generated patterns).
+    """
+    regex = _glob_regex(pattern)
+    return regex is not None and regex.fullmatch(name) is not None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -524,72 +553,75 @@ class Requirements:
     unknown: tuple[str, ...] = field(default=())
 
 
-def _values(xfleet: Sequence[tuple[str, str]], *keys: str) -> list[str]:
-    """Every value of ``keys`` (in the order of ``keys``, then file order), multi-value split."""
+def _values(xfleet: Sequence[tuple[str, str]], *keys: str, expand: Callable[[str], str] = str) -> list[str]:
+    """Every value of ``keys`` (in the order of ``keys``, then file order), multi-value split, then passed
+    through ``expand`` (fleet expands specifiers before it interprets any value)."""
     result: list[str] = []
     for key in keys:
         for name, value in xfleet:
             if name == key:
-                result.extend(split_multivalue(value))
+                result.extend(expand(v) for v in split_multivalue(value))
     return result
 
 
-def is_global(xfleet: Sequence[tuple[str, str]]) -> bool:
-    values = [value for name, value in xfleet if name == "Global"]
+def _truthy(values: Sequence[str]) -> bool:
     return bool(values) and values[-1].lower() in _TRUE_WORDS
 
 
-def _raw_requirements(xfleet: Sequence[tuple[str, str]]) -> Requirements:
+def is_global(xfleet: Sequence[tuple[str, str]]) -> bool:
+    """fleet's ``Global``: the last value, after multi-value splitting, is one of true/yes/1/on/t."""
+    return _truthy(_values(xfleet, "Global"))
+
+
+def _interpret(xfleet: Sequence[tuple[str, str]], expand: Callable[[str], str] = str) -> Requirements:
     machine_id: str | None = None
     for key in ("MachineID", "X-ConditionMachineID", "X-ConditionMachineBootID"):
-        values = _values(xfleet, key)
+        values = _values(xfleet, key, expand=expand)
         if values:
             machine_id = values[0]
             break
-    conflicts = [p for v in _values(xfleet, "X-Conflicts", "Conflicts") for p in v.split()]
-    rules = [parse_metadata_rule(v) for v in _values(xfleet, "X-ConditionMachineMetadata", "MachineMetadata")]
+    conflicts = [p for v in _values(xfleet, "X-Conflicts", "Conflicts", expand=expand) for p in v.split()]
+    rules = [
+        parse_metadata_rule(v) for v in _values(xfleet, "X-ConditionMachineMetadata", "MachineMetadata", expand=expand)
+    ]
     return Requirements(
         machine_id=machine_id,
-        peers=tuple(_values(xfleet, "X-ConditionMachineOf", "MachineOf")),
+        peers=tuple(_values(xfleet, "X-ConditionMachineOf", "MachineOf", expand=expand)),
         metadata=tuple(r for r in rules if r is not None),
         conflicts=tuple(conflicts),
-        replaces=tuple(_values(xfleet, "Replaces")),
-        is_global=is_global(xfleet),
+        replaces=tuple(_values(xfleet, "Replaces", expand=expand)),
+        is_global=_truthy(_values(xfleet, "Global", expand=expand)),
         unknown=tuple(sorted({name for name, _ in xfleet if name not in KNOWN_REQUIREMENTS})),
     )
 
 
 def requirements(xfleet: Sequence[tuple[str, str]], unit_name: str) -> Requirements:
-    """Interpret ``[X-Fleet]`` for the unit ``unit_name``, expanding specifiers in every value."""
-    raw = _raw_requirements(xfleet)
-    info = name_info(unit_name)
+    """Interpret ``[X-Fleet]`` for the unit ``unit_name``, expanding specifiers in every value first.
 
-    def expand(values: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(expand_specifiers(v, info) for v in values)
-
-    return Requirements(
-        machine_id=None if raw.machine_id is None else expand_specifiers(raw.machine_id, info),
-        peers=expand(raw.peers),
-        metadata=tuple(
-            MetadataRule(expand_specifiers(r.key, info), r.op, expand_specifiers(r.value, info)) for r in raw.metadata
-        ),
-        conflicts=expand(raw.conflicts),
-        replaces=expand(raw.replaces),
-        is_global=raw.is_global,
-        unknown=raw.unknown,
-    )
+    As in fleet, a metadata pair is split only after expansion (``hostname=%i`` in a unit that is not an
+    instance is ``hostname=``, which fleet ignores), and a name that is not a unit name expands nothing.
+    """
+    try:
+        info = name_info(unit_name)
+    except InvalidUnit:
+        return _interpret(xfleet)
+    return _interpret(xfleet, lambda value: expand_specifiers(value, info))
 
 
 def validate_requirements(xfleet: Sequence[tuple[str, str]]) -> None:
     """fleet's option-combination rules (§2.4) on the unexpanded values; raise ``InvalidUnit``."""
-    raw = _raw_requirements(xfleet)
+    raw = _interpret(xfleet)
     for peer in sorted(set(raw.peers)):
         for conflict in sorted(set(raw.conflicts)):
             if path_match(conflict, peer):
-                raise InvalidUnit(f'unresolvable requirements: peer "{peer}" matches conflict "{conflict}"')
+                raise InvalidUnit(
+                    f"unresolvable requirements: peer {go_quote(peer)} matches conflict {go_quote(conflict)}"
+                )
         for replace in sorted(set(raw.replaces)):
             if path_match(replace, peer):
-                raise InvalidUnit(f'unresolvable requirements: peer "{peer}" matches replace "{replace}"')
+                raise InvalidUnit(
+                    f"unresolvable requirements: peer {go_quote(peer)} matches replace {go_quote(replace)}"
+                )
     has_target = raw.machine_id is not None
     checks = (
         (has_target and bool(raw.peers), "MachineID cannot be used with Peers"),
@@ -620,6 +652,6 @@ def validate_unit(name: str, unit: UnitFile) -> None:
 def unknown_requirement_warnings(name: str, unit: UnitFile) -> list[str]:
     """fleetctl's warnings for ``[X-Fleet]`` keys it does not know."""
     return [
-        f'Unit {name}: unrecognized requirement in [X-Fleet] section: "{key}"'
-        for key in _raw_requirements(unit.xfleet).unknown
+        f"Unit {name}: unrecognized requirement in [X-Fleet] section: {go_quote(key)}"
+        for key in _interpret(unit.xfleet).unknown
     ]
