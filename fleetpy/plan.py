@@ -3,7 +3,7 @@
 Pure code: a plan is a function of a snapshot (what etcd and systemd say now) and returns actions, each with
 a short English reason that ends up in the log. The loops observe, call these, and act; the next pass observes
 again, so a plan never has to be complete, only correct: applying a plan and planning again gives nothing to
-do (tests/unit/test_plan.py states that as a property).
+do (tests/unit/test_engine_plan.py and test_agent_plan.py state that as a property).
 
 Engine plan, in phases (FLEET-SPEC §3.3–3.7 with the fixes of §9):
 
@@ -13,9 +13,13 @@ Engine plan, in phases (FLEET-SPEC §3.3–3.7 with the fixes of §9):
    a unit whose ``MachineOf`` peer is not on its machine is dropped (repeated until nothing changes);
 3. give every eligible machine an entry for each ``Global`` unit (entries already there win);
 4. place the remaining units, in name order, on the least-loaded machine that passes every check; a unit
-   that was displaced by a ``Replaces`` is placed again, with its own requirements; a unit still reported on
-   another machine waits until that machine has unloaded it (never on two machines at once);
+   that was displaced by a ``Replaces`` is placed again, with its own requirements, and so are the units
+   that followed it there (``MachineOf``); a replaced global unit just leaves that machine; a unit still
+   reported on another machine waits until that machine has unloaded it (never on two machines at once);
+   phases 3 and 4 run again while a displacement made room or a new global entry appeared;
 5. bring kept entries up to date with their unit's hash and desired state.
+
+The actions are netted to one per schedule key (a unit placed and displaced in one pass is not written).
 
 Agent plan: fleet's ordering (unload, load, reload, stop, start), executed until the first failure.
 """
@@ -95,6 +99,7 @@ def _is_template(name: str) -> bool:
 
 
 MAX_DISPLACEMENTS = 3
+MAX_ROUNDS = 8
 
 
 def engine_plan(
@@ -155,21 +160,11 @@ def engine_plan(
     while changed:
         changed = False
         for mid, entries in kept.items():
-            view = views[mid]
-            for name in sorted(entries):
-                missing = [p for p in reqs[name].peers if p not in view.units]
-                if missing:
-                    actions.append(
-                        Unschedule(
-                            entries.pop(name),
-                            f"target Machine({mid}) unable to run unit: "
-                            f"required peer Unit({missing[0]}) is not "
-                            "scheduled locally",
-                        )
-                    )
-                    view.units.pop(name)
-                    placed_on.pop(name, None)
-                    changed = True
+            for name, peer in _stranded(views[mid]):
+                actions.append(Unschedule(entries.pop(name), _peer_reason(mid, peer)))
+                views[mid].units.pop(name)
+                placed_on.pop(name, None)
+                changed = True
 
     index = LoadIndex(views.values())
 
@@ -180,47 +175,85 @@ def engine_plan(
         kept[mid][name] = entry
         index.add(mid, name, reqs[name])
 
-    # Phase 3: global units on every eligible machine.
-    for name in sorted(n for n in units if units[n].is_global and wanted(n)):
-        for mid, view in views.items():
-            if name in view.units:
-                continue
-            if check(name, reqs[name], view) is None:
-                schedule(name, mid, "global unit eligible on this machine")
+    def unschedule(mid: MachineID, name: str, reason: str) -> None:
+        actions.append(Unschedule(kept[mid].pop(name), reason))
+        index.remove(mid, name)
+        placed_on.pop(name, None)
 
-    # Phase 4: place what is not placed.
     unplaced: dict[str, str] = {}
-    queue = sorted(n for n in units if not units[n].is_global and wanted(n) and n not in placed_on)
     displacements: dict[str, int] = {}
-    while queue:
-        retry: list[str] = []
-        progress = False
-        for name in queue:
-            elsewhere = sorted(snapshot.reported.get(name, frozenset()) & views.keys())
-            if elsewhere:
-                unplaced[name] = f"waiting for it to stop on Machine({elsewhere[0]})"
-                continue
-            decision = choose(name, reqs[name], index)
-            if isinstance(decision, Placed):
+    global_units = sorted(n for n in units if units[n].is_global and wanted(n))
+
+    def place_globals() -> bool:
+        """Phase 3: every global unit on every machine where it passes its checks."""
+        added = False
+        for name in global_units:
+            for mid, view in views.items():
+                if name not in view.units and check(name, reqs[name], view) is None:
+                    schedule(name, mid, "global unit eligible on this machine")
+                    added = True
+        return added
+
+    def place(queue: list[str]) -> bool:
+        """Phase 4: each unit of ``queue`` on the least-loaded machine that passes its checks; whether any
+        unit was displaced (which may make room for a unit that found no machine)."""
+        freed = False
+        while queue:
+            retry: list[str] = []
+            progress = False
+            for name in queue:
+                elsewhere = sorted(snapshot.reported.get(name, frozenset()) & views.keys())
+                if elsewhere:
+                    unplaced[name] = f"waiting for it to stop on Machine({elsewhere[0]})"
+                    continue
+                decision = choose(name, reqs[name], index)
+                if not isinstance(decision, Placed):
+                    unplaced[name] = decision.reason
+                    if reqs[name].peers:
+                        retry.append(name)  # its peer may be placed later in this pass
+                    continue
                 unplaced.pop(name, None)
                 schedule(name, decision.machine, f"target state {units[name].desired} and unit not scheduled")
                 placed_on[name] = decision.machine
                 progress = True
+                freed = freed or bool(decision.displaces)
                 for other in decision.displaces:
-                    entry = kept[decision.machine].pop(other)
-                    index.remove(decision.machine, other)
-                    placed_on.pop(other, None)
-                    actions.append(Unschedule(entry, f"replaced by Unit({name})"))
+                    unschedule(decision.machine, other, f"replaced by Unit({name})")
+                    if units[other].is_global:
+                        continue  # it runs wherever it may; here it may not
                     displacements[other] = displacements.get(other, 0) + 1
                     if displacements[other] <= MAX_DISPLACEMENTS:
                         retry.append(other)
                     else:
                         unplaced[other] = "displaced too often by units that replace it"
-            else:
-                unplaced[name] = decision.reason
-                if reqs[name].peers:
-                    retry.append(name)  # its peer may be placed later in this pass
-        queue = sorted(set(retry)) if progress else []
+                # Units that followed a displaced unit here must follow it elsewhere.
+                while decision.displaces and (stranded := _stranded(views[decision.machine])):
+                    for follower, peer in stranded:
+                        unschedule(decision.machine, follower, _peer_reason(decision.machine, peer))
+                        if not units[follower].is_global:
+                            retry.append(follower)
+            queue = sorted(set(retry)) if progress else []
+        return freed
+
+    def pending() -> list[str]:
+        return sorted(
+            n
+            for n in units
+            if not units[n].is_global
+            and wanted(n)
+            and n not in placed_on
+            and displacements.get(n, 0) <= MAX_DISPLACEMENTS
+        )
+
+    # Phases 3 and 4, again while a displacement made room (for a global unit, or for a unit that conflicted
+    # with the displaced one) or a global unit arrived (it may be a peer): the plan must leave nothing for the
+    # next pass to do.
+    place_globals()
+    freed = place(pending())
+    for _ in range(MAX_ROUNDS):
+        if not (place_globals() or freed):
+            break
+        freed = place(pending())
 
     # Phase 5: bring kept entries up to date.
     for mid, entries in kept.items():
@@ -230,7 +263,49 @@ def engine_plan(
                 new = ScheduleEntry(name, mid, record.hash, record.desired)
                 actions.append(Update(new, _update_reason(entry, record)))
 
-    return EnginePlan(tuple(actions), unplaced)
+    return EnginePlan(_net(actions, snapshot.schedule), unplaced)
+
+
+def _stranded(view: MachineView) -> list[tuple[str, str]]:
+    """Units on ``view`` whose ``MachineOf`` peer is not there, with the first missing peer, by name.
+
+    A unit is not its own peer: ``check`` never places a unit that names itself, so one must not stay either.
+    """
+    result = []
+    for name in sorted(view.units):
+        missing = [p for p in view.units[name].peers if p not in view.units or p == name]
+        if missing:
+            result.append((name, missing[0]))
+    return result
+
+
+def _peer_reason(mid: MachineID, peer: str) -> str:
+    return f"target Machine({mid}) unable to run unit: required peer Unit({peer}) is not scheduled locally"
+
+
+def _net(
+    actions: list[EngineAction], schedule: Mapping[MachineID, Mapping[str, ScheduleEntry]]
+) -> tuple[EngineAction, ...]:
+    """One action per schedule key, saying how the key ends up: a unit placed and then displaced in the same
+    pass was never placed, one unscheduled and placed back on the same machine was never moved. (etcd also
+    refuses a transaction that writes a key twice.)"""
+    last: dict[tuple[MachineID, str], EngineAction] = {}
+    for action in actions:
+        key = (action.entry.machine, action.entry.unit)
+        last.pop(key, None)  # keep the position of the last action on the key
+        last[key] = action
+    result: list[EngineAction] = []
+    for (mid, name), action in last.items():
+        stored = schedule.get(mid, {}).get(name)
+        if isinstance(action, Unschedule):
+            if stored is not None:
+                result.append(Unschedule(stored, action.reason))
+        elif stored is None:
+            result.append(Schedule(action.entry, action.reason))
+        elif stored != action.entry:
+            reason = action.reason if isinstance(action, Update) else _update_reason(stored, action.entry)
+            result.append(Update(action.entry, reason))
+    return tuple(result)
 
 
 def _without_peers(reqs: Requirements) -> Requirements:
@@ -240,7 +315,7 @@ def _without_peers(reqs: Requirements) -> Requirements:
     return Requirements(reqs.machine_id, (), reqs.metadata, reqs.conflicts, reqs.replaces, reqs.is_global)
 
 
-def _update_reason(entry: ScheduleEntry, record: UnitRecord) -> str:
+def _update_reason(entry: ScheduleEntry, record: UnitRecord | ScheduleEntry) -> str:
     if entry.hash != record.hash:
         return f"unit replaced: hash {entry.hash[:7]} → {record.hash[:7]}"
     return f"target state {entry.desired} → {record.desired}"
@@ -306,6 +381,13 @@ def agent_plan(desired: Mapping[str, Desired], current: Mapping[str, Current]) -
         if have is None or have.hash != want.hash:
             if have is not None:
                 actions.append(AgentAction(ActionKind.UNLOAD, name, "unit loaded but hash differs to expected"))
+            actions.append(AgentAction(ActionKind.LOAD, name, "unit scheduled here but not loaded", want.hash))
+            if launch:
+                actions.append(
+                    AgentAction(ActionKind.START, name, "unit currently loaded but desired state is launched")
+                )
+        elif have.achieved == DesiredState.INACTIVE:
+            # A file the agent has not loaded itself (fleet: not in its cache): load it, then start it if wanted.
             actions.append(AgentAction(ActionKind.LOAD, name, "unit scheduled here but not loaded", want.hash))
             if launch:
                 actions.append(

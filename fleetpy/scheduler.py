@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from fleetpy.model import Machine, MachineID, short_id
-from fleetpy.unit import MetadataRule, Requirements, path_match
+from fleetpy.unit import MetadataRule, Requirements, go_quote, path_match
 
 
 class Rule(enum.StrEnum):
@@ -131,7 +131,9 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
     """
     machine = view.machine
     if reqs.machine_id is not None and not machine_id_matches(reqs.machine_id, machine.id):
-        return Rejection(Rule.MACHINE_ID, f'agent ID "{machine.id}" does not match required "{reqs.machine_id}"')
+        return Rejection(
+            Rule.MACHINE_ID, f"agent ID {go_quote(machine.id)} does not match required {go_quote(reqs.machine_id)}"
+        )
     if reqs.metadata and not metadata_matches(reqs.metadata, machine.metadata):
         return Rejection(Rule.METADATA, "local Machine metadata insufficient")
     for peer in reqs.peers:
@@ -149,16 +151,17 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
 
 
 def displaced(name: str, reqs: Requirements, view: MachineView) -> list[str]:
-    """Non-global units on ``view`` that ``name`` replaces (and that do not replace it back), sorted."""
+    """Units on ``view`` that ``name`` replaces (and that do not replace it back), sorted.
+
+    A replaced global unit is displaced too: ``check`` keeps it off a machine where a unit that replaces it
+    runs, so it must leave when such a unit arrives, or the machine would hold what no plan would create.
+    """
     if not reqs.replaces:
         return []
     return [
         other
         for other in sorted(view.units)
-        if other != name
-        and not view.units[other].is_global
-        and replaces(reqs, other)
-        and not replaces(view.units[other], name)
+        if other != name and replaces(reqs, other) and not replaces(view.units[other], name)
     ]
 
 
