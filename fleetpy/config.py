@@ -62,10 +62,17 @@ _DEPRECATED = {"verify_units", "authorized_keys_file", "enable_grpc"}
 
 
 def parse_list(value: str) -> tuple[str, ...]:
-    """fleet's list syntax: ``a,b`` or ``["a", "b"]``."""
+    """fleet's list syntax: ``a,b`` or ``["a", "b"]``.
+
+    fleet trims `` ["`` and ``"] `` off every item; fleetpy drops the brackets only around the whole list, so
+    that bracketed IPv6 addresses such as ``[::1]:8080`` survive.
+    """
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
     items = []
-    for item in value.split(","):
-        item = item.lstrip(' ["').rstrip(' "]')
+    for item in text.split(","):
+        item = item.strip(' "')
         if item:
             items.append(item)
     return tuple(items)
@@ -124,12 +131,12 @@ def parse_config_text(text: str, source: str = "config file") -> dict[str, str]:
     lines = text.splitlines()
     i = 0
     while i < len(lines):
-        line = lines[i]
+        line = lines[i].strip()
         i += 1
-        while line.endswith("\\") and i < len(lines):
-            line = line[:-1] + lines[i]
+        while line.endswith("\\") and i < len(lines):  # as goini: each line trimmed, then joined
+            line = line[:-1] + lines[i].strip()
             i += 1
-        stripped = line.strip()
+        stripped = line
         if not stripped or stripped[0] in "#;":
             continue
         if stripped.startswith("["):
@@ -197,7 +204,8 @@ def validate(settings: Settings) -> None:
     if not settings.etcd_servers:
         raise ConfigError("etcd_servers is empty: give at least one etcd endpoint, e.g. http://127.0.0.1:2379")
     for server in settings.etcd_servers:
-        if not re.fullmatch(r"(https?://)?[^/\s:]+(:\d+)?/?", server):
+        # the host is a name, an IPv4 address or a bracketed IPv6 address, as the etcd adapter accepts
+        if not re.fullmatch(r"(https?://)?([^/\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:\d+)?/?", server):
             raise ConfigError(f"invalid etcd endpoint {server!r}: expected http://host:port")
     if settings.agent_ttl < 3:
         raise ConfigError(f"agent_ttl must be at least 3s (got {settings.agent_ttl}s)")

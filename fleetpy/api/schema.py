@@ -7,7 +7,6 @@ Machine look like on the wire, key order as fleet's Go encoder emits it, empty f
 from __future__ import annotations
 
 import base64
-import binascii
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -87,9 +86,62 @@ def parse_options(raw: Any) -> list[UnitOption]:
 
 # Page tokens: URL-safe base64 of uint16 limit (little-endian) ‖ uint16 page (little-endian).
 
+_URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_DECODE = {char: value for value, char in enumerate(_URL_ALPHABET)}
+_NEWLINES = b"\r\n"
+
 
 def encode_token(limit: int, page: int) -> str:
     return base64.urlsafe_b64encode(struct.pack("<HH", limit, page)).decode()
+
+
+def _corrupt(offset: int) -> BadRequest:
+    return BadRequest(f"illegal base64 data at input byte {offset}")
+
+
+def go_urlsafe_b64decode(text: str) -> bytes:
+    """Go's ``base64.URLEncoding.DecodeString``: strict padding, ``\\r`` and ``\\n`` skipped, anything else
+    outside the URL-safe alphabet refused with Go's message and byte offset (Python's decoder is lenient
+    and silently drops such characters)."""
+    src = text.encode("utf-8", "surrogatepass")
+    out = bytearray()
+    si = 0
+    while si < len(src):
+        quantum = [0, 0, 0, 0]
+        size = 4
+        j = 0
+        while j < 4:
+            if si == len(src):
+                if j == 0:
+                    return bytes(out)
+                raise _corrupt(si - j)
+            char = src[si]
+            si += 1
+            if char in _DECODE:
+                quantum[j] = _DECODE[char]
+                j += 1
+                continue
+            if char in _NEWLINES:
+                continue
+            if char != ord("=") or j < 2:
+                raise _corrupt(si - 1)
+            if j == 2:  # "==" expected: the second "=" must follow, newlines aside
+                while si < len(src) and src[si] in _NEWLINES:
+                    si += 1
+                if si == len(src):
+                    raise _corrupt(len(src))
+                if src[si] != ord("="):
+                    raise _corrupt(si - 1)
+                si += 1
+            while si < len(src) and src[si] in _NEWLINES:
+                si += 1
+            if si < len(src):
+                raise _corrupt(si)  # data after the padding
+            size = j
+            break
+        value = quantum[0] << 18 | quantum[1] << 12 | quantum[2] << 6 | quantum[3]
+        out += value.to_bytes(3, "big")[: size - 1]
+    return bytes(out)
 
 
 def decode_token(values: Sequence[str], limit: int) -> int:
@@ -98,13 +150,9 @@ def decode_token(values: Sequence[str], limit: int) -> int:
         return 1
     if len(values) > 1:
         raise BadRequest("too many values for page token")
-    value = values[0]
-    if not value:
-        raise BadRequest("EOF")
-    try:
-        raw = base64.urlsafe_b64decode(value.encode())
-    except (binascii.Error, ValueError) as exc:
-        raise BadRequest(f"illegal base64 data: {exc}") from None
+    raw = go_urlsafe_b64decode(values[0])
+    if not raw:
+        raise BadRequest("EOF")  # Go's binary.Read of nothing
     if len(raw) < 4:
         raise BadRequest("unexpected EOF")
     token_limit, page = struct.unpack("<HH", raw[:4])

@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 
 def tabwrite(rows: Sequence[Sequence[str]], *, tabwidth: int = 8, padding: int = 1) -> str:
-    """Go's ``tabwriter.NewWriter(out, 0, 8, 1, '\\t', 0)``: every column but the last is padded with TAB
-    characters to the next multiple of ``tabwidth`` after its widest cell plus ``padding``."""
+    """What fleetctl prints for ``rows`` joined by TABs and newlines through Go's
+    ``tabwriter.NewWriter(out, 0, 8, 1, '\\t', 0)``: each cell but a line's last is padded with TAB characters
+    to the next multiple of ``tabwidth`` after the widest cell of its column block plus ``padding``.
+
+    A column block is a run of consecutive lines that all have a cell in that column (Go's rule), and a cell
+    that itself holds a TAB, vertical tab or newline splits as it would in fleetctl's output.
+    """
     if not rows:
         return ""
-    columns = max(len(r) for r in rows)
-    widths = [0] * columns
-    for row in rows:
-        for i, cell in enumerate(row[:-1]):
-            widths[i] = max(widths[i], len(cell))
-    widths = [-(-(w + padding) // tabwidth) * tabwidth for w in widths]
-    lines = []
-    for row in rows:
-        out = []
-        for i, cell in enumerate(row):
-            if i < len(row) - 1:
-                out.append(cell + "\t" * -(-(widths[i] - len(cell)) // tabwidth))
-            else:
+    text = "".join("\t".join(row) + "\n" for row in rows)
+    lines = [re.split("[\t\v]", line) for line in text.split("\n")]
+    out: list[str] = []
+
+    def write_lines(widths: list[int], start: int, stop: int) -> None:
+        for i in range(start, stop):
+            for j, cell in enumerate(lines[i]):
                 out.append(cell)
-        lines.append("".join(out))
-    return "\n".join(lines) + "\n"
+                if j < len(widths):
+                    cell_width = -(-widths[j] // tabwidth) * tabwidth
+                    out.append("\t" * -(-(cell_width - len(cell)) // tabwidth))
+            if i + 1 < len(lines):
+                out.append("\n")
+
+    def format_block(widths: list[int], start: int, stop: int) -> None:
+        column = len(widths)
+        this = start
+        while this < stop:
+            if column >= len(lines[this]) - 1:
+                this += 1
+                continue
+            write_lines(widths, start, this)
+            start = this
+            width = 0
+            while this < stop and column < len(lines[this]) - 1:
+                width = max(width, len(lines[this][column]) + padding)
+                this += 1
+            format_block([*widths, width], start, this)
+            start = this
+        write_lines(widths, start, stop)
+
+    format_block([], 0, len(lines))
+    return "".join(out)
 
 
 def machine_id_legend(machine_id: str, full: bool) -> str:

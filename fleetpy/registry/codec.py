@@ -35,10 +35,19 @@ def _str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str:
 
 
 def _str_map(obj: Mapping[str, Any], key: str) -> dict[str, str]:
-    value = obj.get(key) or {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    value = obj.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError(f"field {key!r} must map strings to strings")
     return dict(value)
+
+
+def _bool(obj: Mapping[str, Any], key: str) -> bool:
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be true or false")
+    return value
 
 
 def _state(obj: Mapping[str, Any], key: str) -> DesiredState:
@@ -62,15 +71,17 @@ def encode_machine(machine: Machine) -> bytes:
 
 def decode_machine(raw: bytes) -> Machine:
     obj = _object(raw)
-    caps = obj.get("capabilities") or {}
-    if not isinstance(caps, dict):
-        raise ValueError("field 'capabilities' must be an object")
+    caps = obj.get("capabilities")
+    if caps is None:
+        caps = {}
+    if not isinstance(caps, dict) or not all(isinstance(v, bool) for v in caps.values()):
+        raise ValueError("field 'capabilities' must map names to true or false")
     return Machine(
         id=MachineID(_str(obj, "id")),
         public_ip=_str(obj, "publicIP", ""),
         metadata=_str_map(obj, "metadata"),
         version=_str(obj, "version", ""),
-        capabilities={str(k): bool(v) for k, v in caps.items()},
+        capabilities=dict(caps),
     )
 
 
@@ -90,7 +101,9 @@ def encode_unit(record: UnitRecord) -> bytes:
 
 def decode_unit(name: str, raw: bytes) -> UnitRecord:
     obj = _object(raw)
-    reqs = obj.get("requirements") or []
+    reqs = obj.get("requirements")
+    if reqs is None:
+        reqs = []
     if not isinstance(reqs, list) or not all(
         isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in reqs
     ):
@@ -99,7 +112,7 @@ def decode_unit(name: str, raw: bytes) -> UnitRecord:
         name=name,
         hash=_str(obj, "hash"),
         desired=_state(obj, "desired"),
-        is_global=bool(obj.get("global", False)),
+        is_global=_bool(obj, "global"),
         requirements=tuple((k, v) for k, v in reqs),
     )
 
