@@ -26,7 +26,7 @@ from fleetpy.loop import Reconciler
 from fleetpy.model import DesiredState, Machine, MachineID, UnitState
 from fleetpy.plan import ActionKind, AgentAction, Current, Desired, agent_plan, apply_agent_action
 from fleetpy.registry.base import AgentRegistry, PresenceRegistry
-from fleetpy.registry.ops import backoff_delays
+from fleetpy.retry import until_success
 from fleetpy.systemd.base import Systemd
 from fleetpy.systemd.unitdir import UnitDirectory
 from fleetpy.unit import UnitFile, hash_text
@@ -70,14 +70,9 @@ class Presence:
 
     async def establish(self) -> None:
         """Register, retrying while etcd is unreachable. ``MachineInUse`` if another daemon holds the ID."""
-        delays = iter(backoff_delays(0.2, 5.0))
-        while True:
-            try:
+        async for attempt in until_success(RegistryUnavailable, log=log, what=f"registering machine {self.machine.id}"):
+            with attempt:
                 await self._establish_once()
-                return
-            except RegistryUnavailable as exc:
-                log.warning("registering machine %s: %s", self.machine.id, exc)
-                await asyncio.sleep(next(delays))
 
     async def _establish_once(self) -> None:
         saved = self._saved_lease()
@@ -185,14 +180,9 @@ class Agent:
     # ------------------------------------------------------------------ start-up
 
     async def connect_systemd(self) -> None:
-        delays = iter(backoff_delays(0.2, 5.0))
-        while True:
-            try:
+        async for attempt in until_success(SystemdUnavailable, log=log, what="connecting to systemd"):
+            with attempt:
                 await self.systemd.connect()
-                return
-            except SystemdUnavailable as exc:
-                log.warning("agent: %s", exc)
-                await asyncio.sleep(next(delays))
 
     async def adopt(self) -> None:
         """Take over what the unit directory holds: running units count as launched and keep running."""
@@ -214,15 +204,11 @@ class Agent:
     async def _clear_stale_states(self) -> None:
         """Unit states this machine published before a restart for units it no longer has."""
         await self.presence.registered.wait()
-        delays = iter(backoff_delays(0.2, 5.0))
-        while True:
-            try:
+        async for attempt in until_success(RegistryUnavailable, log=log, what="clearing stale unit states"):
+            with attempt:
                 stale = [s.unit for s in await self.registry.list_states(self.machine) if s.unit not in self.current]
                 if stale:
                     await self.registry.publish_states(self.machine, self.presence.lease, [], stale)
-                return
-            except RegistryUnavailable:
-                await asyncio.sleep(next(delays))
 
     async def run(self) -> None:
         await self.connect_systemd()
@@ -322,22 +308,18 @@ class Agent:
             self._report.set()
 
     async def _report_loop(self) -> None:
-        delays = iter(backoff_delays(0.2, 5.0))
         while True:
             await self._report.wait()
             await asyncio.sleep(0.02)  # gather a burst of signals into one batch
             self._report.clear()
             names, self._dirty = self._dirty, set()
-            try:
-                await self._publish(names)
-                delays = iter(backoff_delays(0.2, 5.0))
-            except (RegistryUnavailable, SystemdUnavailable) as exc:
-                log.debug("agent: publishing unit states: %s", exc)
-                self._dirty |= names
-                await asyncio.sleep(next(delays))
-                self._report.set()
-                if isinstance(exc, SystemdUnavailable):
-                    await self.connect_systemd()
+            async for attempt in until_success(
+                RegistryUnavailable, SystemdUnavailable, log=log, what="publishing unit states", cap=2.0
+            ):
+                with attempt:
+                    await self.systemd.connect()
+                    await self._publish(names | self._dirty)
+            self._dirty -= names
 
     async def _publish(self, names: set[str]) -> None:
         await self.presence.registered.wait()

@@ -23,7 +23,7 @@ from fleetpy.loop import Reconciler
 from fleetpy.model import Machine, MachineID, ScheduleEntry, merge_metadata
 from fleetpy.plan import ClusterSnapshot, EnginePlan, Unschedule, engine_plan
 from fleetpy.registry.base import EngineRegistry
-from fleetpy.registry.ops import backoff_delays
+from fleetpy.retry import until_success
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +53,29 @@ class Engine:
         self._states = registry.states_presence_prefix()
 
     async def run(self) -> None:
-        delays = iter(backoff_delays(0.2, 2.0))
         while True:
-            try:
-                lease = await self.registry.grant_lease(self.leader_ttl)
-                fence = await self.registry.campaign(self.machine, lease)
-                if fence is None:
-                    with contextlib.suppress(RegistryUnavailable):
-                        await self.registry.revoke_lease(lease)
-                    holder = await self.registry.leader()
-                    if holder is not None:
-                        log.debug("Engine leader is %s", holder[0])
-                    await self.registry.wait_for_vacancy(timeout=self.leader_ttl * 2)
-                    continue
-                delays = iter(backoff_delays(0.2, 2.0))
-                await self._lead(fence, lease)
-            except RegistryUnavailable as exc:
-                log.debug("engine: %s", exc)
-                await asyncio.sleep(next(delays))
+            async for attempt in until_success(
+                RegistryUnavailable, log=log, what="campaigning for engine leadership", cap=2.0
+            ):
+                with attempt:
+                    won = await self._campaign()
+            if won is not None:
+                await self._lead(*won)
+
+    async def _campaign(self) -> tuple[int, int] | None:
+        """(fence, lease) if this engine now leads; otherwise ``None`` once the leader key is gone (or a while
+        has passed), so that the caller campaigns again."""
+        lease = await self.registry.grant_lease(self.leader_ttl)
+        fence = await self.registry.campaign(self.machine, lease)
+        if fence is not None:
+            return fence, lease
+        with contextlib.suppress(RegistryUnavailable):
+            await self.registry.revoke_lease(lease)
+        holder = await self.registry.leader()
+        if holder is not None:
+            log.debug("Engine leader is %s", holder[0])
+        await self.registry.wait_for_vacancy(timeout=self.leader_ttl * 2)
+        return None
 
     async def _lead(self, fence: int, lease: int) -> None:
         log.info("Engine leadership acquired (machine %s, fence %d)", self.machine, fence)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 from fleetpy.errors import RegistryUnavailable
-from fleetpy.registry.ops import KV, Client, Compacted, Event, Range, backoff_delays
+from fleetpy.registry.ops import KV, Client, Compacted, Event, Range
+from fleetpy.retry import until_success
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -98,35 +99,31 @@ class Mirror:
 
     async def run(self) -> None:
         """Load (retrying until etcd answers), then follow every prefix until cancelled."""
-        delays = iter(backoff_delays())
-        while True:
-            try:
+        names = ", ".join(p.prefix for p in self.prefixes)
+        async for attempt in until_success(RegistryUnavailable, log=log, what=f"loading {names}", first=0.1, cap=2.0):
+            with attempt:
                 await self.load()
-                break
-            except RegistryUnavailable as exc:
-                log.warning("loading %s: %s", ", ".join(p.prefix for p in self.prefixes), exc)
-                await asyncio.sleep(next(delays))
         async with asyncio.TaskGroup() as group:
             for prefix in self.prefixes:
                 group.create_task(self._follow(prefix))
 
     async def _follow(self, prefix: Prefix[Any]) -> None:
-        delays = iter(backoff_delays())
         while True:
-            try:
-                async for event in self.client.watch(prefix.prefix, prefix.revision + 1):
-                    prefix.apply(event)
-                    self.changed.set()
-                    delays = iter(backoff_delays())
-            except Compacted:
-                log.info("watch on %s was compacted: reading it again", prefix.prefix)
-                try:
-                    revision, kvs = await self.client.get_prefix(prefix.prefix)
-                    prefix.load(kvs, revision)
-                    self.changed.set()
-                except RegistryUnavailable as exc:
-                    log.warning("re-reading %s: %s", prefix.prefix, exc)
-                    await asyncio.sleep(next(delays))
-            except RegistryUnavailable as exc:
-                log.debug("watch on %s broke: %s", prefix.prefix, exc)
-                await asyncio.sleep(next(delays))
+            async for attempt in until_success(
+                RegistryUnavailable, log=log, what=f"watching {prefix.prefix}", first=0.1, cap=2.0
+            ):
+                with attempt:
+                    await self._watch(prefix)
+
+    async def _watch(self, prefix: Prefix[Any]) -> None:
+        """Follow the prefix from the revision after the last one seen, until the watch breaks
+        (``RegistryUnavailable``); after a compaction, read the prefix again and return."""
+        try:
+            async for event in self.client.watch(prefix.prefix, prefix.revision + 1):
+                prefix.apply(event)
+                self.changed.set()
+        except Compacted:
+            log.info("watch on %s was compacted: reading it again", prefix.prefix)
+            revision, kvs = await self.client.get_prefix(prefix.prefix)
+            prefix.load(kvs, revision)
+            self.changed.set()

@@ -6,8 +6,7 @@ client (the mirror, the registry, the loops) is written against these types and 
 
 from __future__ import annotations
 
-import random
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -118,11 +117,3 @@ class Client(Protocol):
     def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
         """Events under ``prefix`` from ``start_revision`` until the stream breaks (``RegistryUnavailable``) or
         the revision is compacted (``Compacted``)."""
-
-
-def backoff_delays(first: float = 0.1, cap: float = 2.0) -> Iterator[float]:
-    """Exponential back-off with full jitter."""
-    delay = first
-    while True:
-        yield random.uniform(delay / 2, delay)
-        delay = min(cap, delay * 2)
