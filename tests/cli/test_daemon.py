@@ -35,3 +35,25 @@ async def test_an_api_only_fleetpyd_serves_until_it_is_stopped(
         assert api.process.wait(10) == 0, api.log_text()
     finally:
         stop_process(api)
+
+
+async def test_the_api_also_listens_on_tcp_when_asked(etcd: EtcdServer, prefix: str, workdir: str, files: str) -> None:
+    from fleetpy.devcluster import free_port
+
+    name = prefix.strip("/")
+    sock = os.path.join(workdir, f"tcp-{name}.sock")
+    port = free_port()
+    command = [
+        sys.executable, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--disable-engine", "--api-socket", sock,
+        "--api-listen", f"127.0.0.1:{port}", "--etcd-servers", etcd.endpoint, "--etcd-key-prefix", prefix,
+    ]  # fmt: skip
+    api = start_process(command, sock, os.path.join(workdir, f"tcp-{name}.log"))
+    try:
+        wait_serving(api)
+        ctl = Ctl(f"http://127.0.0.1:{port}")
+        submitted = await ctl.process("submit", write_unit(files, "hello.service", HELLO))
+        assert submitted.code == 0, submitted.err
+        listed = await ctl.process("list-unit-files", "--no-legend", "--fields", "unit,dstate")
+        assert listed.out == "hello.service\tinactive\n"
+    finally:
+        stop_process(api)
