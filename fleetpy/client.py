@@ -55,6 +55,7 @@ class ApiUnit:
     current: str = ""
     machine: str = ""
     options: tuple[UnitOption, ...] = ()
+    reason: str = ""  # fleetpy's: why the engine placed it nowhere
 
     @property
     def is_global(self) -> bool:
@@ -90,6 +91,7 @@ def decode_unit(obj: dict[str, Any]) -> ApiUnit:
         current=_s(obj, "currentState"),
         machine=_s(obj, "machineID"),
         options=options,
+        reason=_s(obj, "reason"),
     )
 
 

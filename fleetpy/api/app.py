@@ -117,6 +117,7 @@ async def _unit_json(request: web.Request, view: UnitView) -> dict[str, Any]:
         current=view.current,
         machine=view.machine,
         options=await _options_of(request, view),
+        reason=view.reason if not view.placements else "",
     )
 
 

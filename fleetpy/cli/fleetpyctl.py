@@ -191,7 +191,7 @@ def help_command(ctx: click.Context, command: str | None) -> None:
 
 
 MACHINE_FIELDS = ("machine", "ip", "metadata")
-UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "state", "target", "tmachine", "unit")
+UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "reason", "state", "target", "tmachine", "unit")
 UNIT_FIELDS = ("active", "hash", "load", "machine", "sub", "unit")
 
 
@@ -279,6 +279,7 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
                 "dstate": unit.desired or "-",
                 "global": "true" if is_global else "false",
                 "hash": unit_file.hash if full else unit_file.hash[:7],
+                "reason": unit.reason or "-",
                 "state": "-" if is_global or not unit.current else unit.current,
                 "target": target,
                 "tmachine": target,

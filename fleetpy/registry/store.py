@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from fleetpy.errors import Conflict, LeadershipLost
@@ -103,11 +103,14 @@ class EtcdRegistry:
         return body
 
     async def get_unit(self, name: str) -> UnitView | None:
-        result = await self.client.read(Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True))
+        result = await self.client.read(
+            Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True), Range(self.keys.unplaced(name))
+        )
         if not result.ranges[0]:
             return None
         kv = result.ranges[0][0]
         record = codec.decode_unit(name, kv.value)
+        reason = result.ranges[2][0].value.decode(errors="replace") if result.ranges[2] else ""
         machines = [MachineID(Keys.tail(p.key, self.keys.placed(name))) for p in result.ranges[1]]
         placements: dict[MachineID, ScheduleEntry] = {}
         states: dict[MachineID, UnitState] = {}
@@ -122,14 +125,18 @@ class EtcdRegistry:
             for machine, found in zip(machines, extra.ranges[len(machines) :], strict=True):
                 if found:
                     states[machine] = codec.decode_state(machine, name, found[0].value)
-        return UnitView(record, placements, states, kv.mod_revision)
+        return UnitView(record, placements, states, kv.mod_revision, reason)
 
     async def list_units(self) -> list[UnitView]:
         result = await self.client.read(
             Range(self.keys.units, prefix=True),
             Range(self.keys.schedule_all, prefix=True),
             Range(self.keys.states_all, prefix=True),
+            Range(self.keys.unplaced_all, prefix=True),
         )
+        reasons = {
+            Keys.tail(kv.key, self.keys.unplaced_all): kv.value.decode(errors="replace") for kv in result.ranges[3]
+        }
         placements: dict[str, dict[MachineID, ScheduleEntry]] = {}
         for kv in result.ranges[1]:
             machine, unit = self.keys.schedule_key_parts(kv.key)
@@ -148,7 +155,9 @@ class EtcdRegistry:
             except ValueError as exc:
                 log.warning("ignoring %s: %s", kv.key, exc)
                 continue
-            views.append(UnitView(record, placements.get(name, {}), states.get(name, {}), kv.mod_revision))
+            views.append(
+                UnitView(record, placements.get(name, {}), states.get(name, {}), kv.mod_revision, reasons.get(name, ""))
+            )
         return sorted(views, key=lambda v: v.record.name)
 
     async def create_unit(self, record: UnitRecord, body: str) -> bool:
@@ -248,6 +257,11 @@ class EtcdRegistry:
             Put(self.keys.placed(entry.unit, entry.machine), b""),
         ]
 
+    def reason_ops(self, reasons: Mapping[str, str], cleared: Iterable[str]) -> list[Op]:
+        """Write why units are not placed (``P/unplaced/<unit>``), and delete the reasons of ``cleared``."""
+        ops: list[Op] = [Put(self.keys.unplaced(unit), reason.encode()) for unit, reason in sorted(reasons.items())]
+        return ops + [Delete(self.keys.unplaced(unit)) for unit in sorted(cleared)]
+
     async def apply_fenced(self, ops: Sequence[Op], fence: int) -> list[int]:
         """Write ``ops`` in as few transactions as etcd allows, each fenced on the leader key; return the
         revision of each transaction. ``LeadershipLost`` if the fence no longer holds."""
@@ -280,6 +294,9 @@ class EtcdRegistry:
             return codec.decode_entry(MachineID(machine), unit, raw)
 
         return Prefix(self.keys.schedule_all, decode)
+
+    def unplaced_prefix(self) -> Prefix[str]:
+        return Prefix(self.keys.unplaced_all, lambda _tail, raw: raw.decode(errors="replace"))
 
     def states_presence_prefix(self) -> Prefix[None]:
         return Prefix(self.keys.states_all, lambda _tail, _raw: None)
