@@ -404,6 +404,7 @@ class UnitPreview:
     kept: bool
     reason: str
     verdicts: tuple[Verdict, ...]
+    is_global: bool = False
 
 
 @dataclass(frozen=True)
@@ -435,7 +436,8 @@ def preview(snapshot: ClusterSnapshot, records: Sequence[UnitRecord]) -> Preview
         else:
             reason = plan.unplaced.get(name, "")
         kept = bool(machines) and name not in scheduled
-        previews.append(UnitPreview(name, machines, kept, reason, plan.explanations.get(name, ())))
+        verdicts = plan.explanations.get(name, ())
+        previews.append(UnitPreview(name, machines, kept, reason, verdicts, record.is_global))
     return Preview(tuple(previews), plan.actions)
 
 

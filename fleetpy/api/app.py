@@ -298,11 +298,16 @@ async def get_state(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.Application:
+    # Handlers in other modules of fleetpy.api use this module's keys and errors: imported here, not above.
+    from fleetpy.api import plan
+    from fleetpy.api.machines import patch_machines
+
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[REGISTRY] = registry
     app[SETTINGS] = settings or ApiSettings()
     for prefix in PREFIXES:
         app.router.add_route("GET", f"{prefix}/machines", list_machines)
+        app.router.add_route("PATCH", f"{prefix}/machines", patch_machines)
         app.router.add_route(
             "*", f"{prefix}/machines", _method_not_allowed("only GET and PATCH supported against this resource")
         )
@@ -323,6 +328,7 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
             "*", f"{prefix}/state/{{name}}", _method_not_allowed("only GET supported against this resource")
         )
         app.router.add_route("*", prefix, _method_not_allowed(""))
+    plan.add_routes(app)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -783,5 +783,11 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
     _run(ctx, body)
 
 
+# Commands fleetctl does not have live in modules of their own; importing them registers them on ``main``.
+import fleetpy.cli.placement  # noqa: E402, F401
+
 if __name__ == "__main__":
-    main(prog_name="fleetpyctl")
+    # Run the module under its own name: the other modules registered their commands there.
+    from fleetpy.cli.fleetpyctl import main as registered
+
+    registered(prog_name="fleetpyctl")

@@ -228,3 +228,17 @@ async def test_a_second_engine_takes_over_when_the_leader_dies_and_the_old_one_c
                 return not first.leading.is_set()
 
             await wait_for(stepped_down, timeout=5, what="the old leader to notice it lost its lease")
+
+
+async def test_dynamic_metadata_moves_units_whose_requirements_it_changes(registry: EtcdRegistry) -> None:
+    await register(registry, "k1", "k2", metadata={"role": "db"})
+    engine = Engine(registry=registry, machine=MachineID("k1"), leader_ttl=2, interval=5)
+    async with running(engine):
+        await submit(registry, "web.service", body=BODY + "\n[X-Fleet]\nMachineMetadata=role=web\n")
+        await submit(registry, "any.service")
+        await wait_placement(registry, {"any.service": ["k1"]})
+        await registry.set_machine_metadata([(MachineID("k2"), "role", "web")])
+        await wait_placement(registry, {"any.service": ["k1"], "web.service": ["k2"]})
+        # k2's role is removed (the empty value hides its configured role=db too), k1 becomes a web machine
+        await registry.set_machine_metadata([(MachineID("k2"), "role", ""), (MachineID("k1"), "role", "web")])
+        await wait_placement(registry, {"any.service": ["k1"], "web.service": ["k1"]})
