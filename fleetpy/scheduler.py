@@ -127,7 +127,7 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
     """fleet's ``AbleToRun`` for placement: ``None`` when ``name`` may run on ``view``'s machine.
 
     A unit may land where a unit it replaces sits (that unit is moved away); it may not land where a unit
-    that replaces it sits.
+    that replaces it sits. The messages are fleet's (FLEET-SPEC §3.5).
     """
     machine = view.machine
     if reqs.machine_id is not None and not machine_id_matches(reqs.machine_id, machine.id):
@@ -147,7 +147,7 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
             return Rejection(Rule.CONFLICTS, f"found conflict with locally-scheduled Unit({other})")
     for other in others:
         if replaces(view.units[other], other=name) and not replaces(reqs, other):
-            return Rejection(Rule.REPLACES, f"replaced by locally-scheduled Unit({other})")
+            return Rejection(Rule.REPLACES, f"found replace with locally-scheduled Unit({other})")
     return None
 
 

@@ -184,7 +184,7 @@ def rule(pair: str) -> MetadataRule:
             "old.service",
             "",
             view(units={"new.service": "Replaces=old.service\n"}),
-            Rejection(Rule.REPLACES, "replaced by locally-scheduled Unit(new.service)"),
+            Rejection(Rule.REPLACES, "found replace with locally-scheduled Unit(new.service)"),
             id="a unit may not land where a unit that replaces it sits",
         ),
         pytest.param(
