@@ -247,6 +247,18 @@ class Cluster:
         await wait_for(registered, timeout=60, what=f"{host.name} to register")
         return machine
 
+    def host_logs(self, lines: int = 30) -> str:
+        """The end of every host's fleetpyd log, for failure messages."""
+        parts = []
+        for machine in self.machines:
+            try:
+                with open(machine.log_path, errors="replace") as handle:
+                    tail = "".join(handle.readlines()[-lines:])
+            except OSError:
+                tail = "(no log)\n"
+            parts.append(f"--- {machine.name} ({machine.id[:8]}) fleetpyd.log:\n{tail}")
+        return "".join(parts)
+
     def stop(self) -> None:
         for host in self.added:
             host.kill()

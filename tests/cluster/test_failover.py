@@ -94,6 +94,18 @@ class Sampler:
             await asyncio.sleep(0.1)
 
 
+async def wait_stopped(cluster: Cluster, names: list[str], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        async with systemds(cluster) as buses:
+            left = {host: sorted(await running_units(s, names)) for host, s in buses.items()}
+        if not any(left.values()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still running {timeout}s after destroy: {left}\n{cluster.host_logs(60)}")
+        await asyncio.sleep(0.5)
+
+
 async def destroy_all(cluster: Cluster, client: Client, names: list[str]) -> None:
     semaphore = asyncio.Semaphore(16)
 
@@ -145,12 +157,7 @@ async def test_a_killed_leader_is_replaced_in_time_and_no_unit_ever_runs_twice(
             assert sampler.doubles == [], f"units ran on two machines at once: {sampler.doubles[:5]}"
             assert old.id[:8] in cluster.ctl("list-machines").out, "the killed daemon's machine never left"
         await destroy_all(cluster, client, names)
-
-        async def none_running() -> bool:
-            async with systemds(cluster) as buses:
-                return not any([await running_units(s, names) for s in buses.values()])
-
-        await wait_for(none_running, timeout=120, interval=0.5, what="every unit to stop")
+        await wait_stopped(cluster, names)
     finally:
         await client.close()
 
@@ -285,7 +292,11 @@ async def test_a_frozen_leader_that_wakes_after_a_takeover_writes_nothing(failov
         await client.close()
         await etcd.close()
 
-    async def none_loaded() -> bool:
-        return not await loaded_where(cluster, names)
-
-    await wait_for(none_loaded, timeout=120, interval=1, what="every unit to be unloaded")
+    deadline = time.monotonic() + 120
+    while left := await loaded_where(cluster, names):
+        if time.monotonic() > deadline:
+            where = {
+                host: sum(host in hosts for hosts in left.values()) for host in {h for v in left.values() for h in v}
+            }
+            raise AssertionError(f"still loaded 120s after destroy: {where}\n{cluster.host_logs(80)}")
+        await asyncio.sleep(1)
