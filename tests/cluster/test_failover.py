@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from fleetpy.client import Client
-from fleetpy.model import DesiredState, MachineID, UnitRecord
+from fleetpy.model import DesiredState, UnitRecord
 from fleetpy.registry import codec
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.ops import MAX_TXN_OPS, Put
@@ -279,11 +279,18 @@ async def test_a_frozen_leader_that_wakes_after_a_takeover_writes_nothing(failov
         placement = {unit: key.split("/")[-2] for key, (unit, _) in before.items()}
         by_host = {m.name: m.id for m in cluster.machines}
 
-        async def consistent() -> bool:
+        deadline = time.monotonic() + 120
+        while True:
             loaded = await loaded_where(cluster, names)
-            return all(len(loaded.get(n, [])) == 1 and by_host[loaded[n][0]] == MachineID(placement[n]) for n in names)
-
-        await wait_for(consistent, timeout=120, interval=1, what="every unit loaded where it is placed, once")
+            wrong = {n: loaded.get(n, []) for n in names if [by_host[h] for h in loaded.get(n, [])] != [placement[n]]}
+            if not wrong:
+                break
+            if time.monotonic() > deadline:
+                sample = dict(sorted(wrong.items())[:10])
+                raise AssertionError(
+                    f"{len(wrong)} units not loaded once where placed: {sample}\n{cluster.host_logs()}"
+                )
+            await asyncio.sleep(1)
     finally:
         if frozen_pid > 0:
             with contextlib.suppress(ProcessLookupError):
