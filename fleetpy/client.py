@@ -7,8 +7,10 @@ an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``ne
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import ssl
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -20,6 +22,7 @@ from fleetpy.model import DesiredState
 from fleetpy.unit import UnitOption
 
 API = "/fleet/v1"
+FLEETPY_API = "/fleetpy/v1"  # fleetpy's extensions (status and journal, fleetpy.api.relay)
 
 
 class ApiError(FleetError):
@@ -71,6 +74,16 @@ class ApiUnitState:
     load: str = ""
     active: str = ""
     sub: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEvent:
+    """One event of a status or journal stream: output of ``machine``, or the end of it (``code`` set)."""
+
+    machine: str
+    output: str = ""
+    code: int | None = None
+    error: str = ""
 
 
 def _s(obj: dict[str, Any], key: str) -> str:
@@ -143,10 +156,11 @@ def _reason(exc: BaseException) -> str:
 
 
 class Client:
-    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.endpoint = endpoint
         self.base, self.socket_path = parse_endpoint(endpoint)
         self.timeout = timeout
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -165,7 +179,7 @@ class Client:
             connector: aiohttp.BaseConnector = (
                 aiohttp.UnixConnector(path=self.socket_path, limit=32)
                 if self.socket_path
-                else aiohttp.TCPConnector(limit=32)
+                else aiohttp.TCPConnector(limit=32, ssl=self.ssl_context if self.ssl_context is not None else True)
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
@@ -262,3 +276,42 @@ class Client:
                 return None
             raise
         return decode_state(payload if isinstance(payload, dict) else {})
+
+    async def unit_output(
+        self, name: str, kind: str, *, lines: int = 10, follow: bool = False, output: str = "short", machine: str = ""
+    ) -> AsyncIterator[OutputEvent]:
+        """``kind`` (``status`` or ``journal``) of a unit from the machines that run it, as it streams in.
+        A followed journal has no overall time limit; connecting and each answer still have the request timeout
+        until the stream has started."""
+        params = {"lines": str(lines), "output": output}
+        if follow:
+            params["follow"] = "true"
+        if machine:
+            params["machineID"] = machine
+        url = f"{self.base}{FLEETPY_API}/units/{quote(name, safe='')}/{kind}"
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout)
+        try:
+            method = "POST" if kind == "restart" else "GET"
+            async with self._http().request(method, url, params=params, timeout=timeout) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    message = ""
+                    try:
+                        payload = json.loads(raw)
+                        message = str(payload["error"]["message"])
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                    raise ApiError(response.status, message, raw.decode(errors="replace").strip())
+                async for line in response.content:
+                    if not line.strip():
+                        continue  # the server's heartbeat
+                    event = json.loads(line)
+                    code = event.get("exitCode")
+                    yield OutputEvent(
+                        machine=_s(event, "machineID"),
+                        output=_s(event, "output"),
+                        code=int(code) if code is not None else None,
+                        error=_s(event, "error"),
+                    )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise EndpointUnavailable(f"cannot reach the fleetpy API at {self.where}: {_reason(exc)}") from exc

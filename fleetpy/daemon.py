@@ -27,6 +27,7 @@ from fleetpy.api.app import ApiSettings, make_app
 from fleetpy.config import Settings
 from fleetpy.engine import Engine
 from fleetpy.errors import ConfigError
+from fleetpy.inspector import Inspector
 from fleetpy.keys import Keys
 from fleetpy.machine import detect_public_ip, read_machine_id
 from fleetpy.model import MachineID
@@ -167,6 +168,8 @@ async def serve(settings: Settings) -> int:
                 notify("READY=1")
                 group.create_task(presence.run())
                 group.create_task(agent.run())
+                inspector = Inspector(registry=registry, machine=presence.machine.id, user=settings.systemd_user)
+                group.create_task(inspector.run())
             else:
                 notify("READY=1")
             if engine is not None:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy import __version__
-from fleetpy.api import schema
+from fleetpy.api import relay, schema
 from fleetpy.api.schema import BadRequest
 from fleetpy.errors import Conflict, FleetError, InvalidUnit, RegistryUnavailable, UnitNotFound
 from fleetpy.model import DesiredState, MachineID, UnitRecord, UnitView
@@ -322,6 +322,7 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
             "*", f"{prefix}/state/{{name}}", _method_not_allowed("only GET supported against this resource")
         )
         app.router.add_route("*", prefix, _method_not_allowed(""))
+    relay.add_routes(app, registry)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

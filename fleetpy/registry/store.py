@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from fleetpy.errors import Conflict, LeadershipLost
@@ -18,6 +19,7 @@ from fleetpy.plan import EngineAction, Unschedule
 from fleetpy.registry import codec
 from fleetpy.registry.mirror import Mirror, Prefix
 from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Op, Put, Range
+from fleetpy.relay import RelayRequest, decode_request, encode_request
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +261,25 @@ class EtcdRegistry:
                 raise LeadershipLost("the engine leader key changed: another engine leads now")
             revisions.append(result.revision)
         return revisions
+
+    # ---------------------------------------------------------------- status and journal relay
+
+    async def open_request(self, machine: MachineID, request: RelayRequest) -> tuple[str, int]:
+        request_id = uuid.uuid4().hex
+        revision = await self.client.put(self.keys.request(machine, request_id), encode_request(request), request.lease)
+        return request_id, revision
+
+    async def replies(self, request_id: str, start_revision: int) -> AsyncIterator[tuple[str, bytes]]:
+        prefix = self.keys.replies(request_id)
+        async for event in self.client.watch(prefix, start_revision):
+            if not event.deleted:
+                yield event.key[len(prefix) :], event.value
+
+    def requests_prefix(self, machine: MachineID) -> Prefix[RelayRequest]:
+        return Prefix(self.keys.request(machine), lambda _tail, raw: decode_request(raw))
+
+    async def put_reply(self, request_id: str, tail: str, data: bytes, lease: int) -> None:
+        await self.client.put(self.keys.replies(request_id, tail), data, lease)
 
     # ---------------------------------------------------------------- mirrors
 
