@@ -30,6 +30,7 @@ from fleetpy.errors import ConfigError
 from fleetpy.inspector import Inspector
 from fleetpy.keys import Keys
 from fleetpy.machine import detect_public_ip, read_machine_id
+from fleetpy.metrics import Metrics, new_metrics
 from fleetpy.model import MachineID
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
@@ -87,8 +88,10 @@ def notify(message: str) -> None:
         sock.sendall(message.encode())
 
 
-async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool]) -> web.AppRunner:
-    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready))
+async def start_api(
+    registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool], metrics: Metrics | None = None
+) -> web.AppRunner:
+    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready, metrics=metrics))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     if settings.api_socket:
@@ -110,13 +113,15 @@ async def serve(settings: Settings) -> int:
     """Run fleetpyd until SIGTERM/SIGINT; the exit code."""
     runtime = runtime_directory(settings)
     lock = _lock(runtime) if not settings.disable_agent else None  # one agent per runtime directory
+    metrics = new_metrics()
     client = EtcdClient(
         settings.etcd_servers,
         timeout=settings.etcd_request_timeout,
         username=settings.etcd_username,
         password=settings.etcd_password,
+        metrics=metrics,
     )
-    registry = EtcdRegistry(client, Keys(settings.etcd_key_prefix))
+    registry = EtcdRegistry(client, Keys(settings.etcd_key_prefix), metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,6 +145,7 @@ async def serve(settings: Settings) -> int:
             unitdir=UnitDirectory(units_dir),
             presence=presence,
             interval=settings.agent_reconcile_interval,
+            metrics=metrics,
         )
     if not settings.disable_engine:
         engine = Engine(
@@ -147,12 +153,13 @@ async def serve(settings: Settings) -> int:
             machine=MachineID(machine_id),
             leader_ttl=settings.leader_ttl,
             interval=settings.engine_reconcile_interval,
+            metrics=metrics,
         )
 
     def ready() -> bool:
         return presence is None or presence.registered.is_set()
 
-    runner = await start_api(registry, settings, ready)
+    runner = await start_api(registry, settings, ready, metrics)
     log.info(
         "fleetpyd %s starting (machine %s, etcd %s, prefix %s)",
         __version__,
