@@ -8,6 +8,7 @@ an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``ne
 from __future__ import annotations
 
 import json
+import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -21,6 +22,7 @@ from fleetpy.errors import FleetError
 from fleetpy.model import DesiredState
 from fleetpy.unit import UnitOption
 
+log = logging.getLogger(__name__)
 API = "/fleet/v1"
 FLEETPY_API = "/fleetpy/v1"  # fleetpy's extensions (status and journal, fleetpy.api.relay)
 
@@ -149,6 +151,10 @@ def _reason(exc: BaseException) -> str:
     """Why a request failed, without aiohttp's repetition of the address (``[Errno 2] ...`` → its text)."""
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "the request timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS: {exc.os_error}"
     error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(error, OSError) and error.errno:
         return os.strerror(error.errno)
@@ -190,6 +196,7 @@ class Client:
         self, method: str, path: str, *, params: dict[str, str] | None = None, body: dict[str, Any] | None = None
     ) -> tuple[int, Any]:
         url = f"{self.base}{API}{path}"
+        log.debug("%s %s %s", method, url, params or "")
         try:
             async with self._http().request(method, url, params=params, json=body) as response:
                 raw = await response.read()

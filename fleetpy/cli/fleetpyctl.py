@@ -71,6 +71,11 @@ class Commands(click.Group):
         matches = self._prefixed(ctx, cmd_name)
         return super().get_command(ctx, matches[0]) if len(matches) == 1 else None
 
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Version"):
+            formatter.write_text(__version__)  # fleetctl's root help shows it; its functional tests check
+
     def _prefixed(self, ctx: click.Context, prefix: str) -> list[str]:
         return [n for n in self.list_commands(ctx) if n.startswith(prefix)] if prefix else []
 
