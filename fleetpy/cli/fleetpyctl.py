@@ -682,11 +682,23 @@ def _blocking_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--no-block", is_flag=True, help="Do not wait for the units to reach their state.")(function)
 
 
+def _refuse_sign(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """fleetctl meant ``--sign`` to fail this way but accepted it silently (FLEET-SPEC §1.4, §9.7)."""
+    if value:
+        click.echo("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.", err=True)
+        ctx.exit(2)
+    return value
+
+
+_sign_option = click.option("--sign", is_flag=True, hidden=True, expose_value=False, callback=_refuse_sign)
+
+
 # -------------------------------------------------------------------------------------------------- commands
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_sign_option
 @click.argument("units", nargs=-1)
 @click.pass_context
 def submit(ctx: click.Context, replace: bool, units: tuple[str, ...]) -> None:
@@ -751,6 +763,7 @@ def _state_command(command: str, state: DesiredState, verb: str, error: str) -> 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_sign_option
 @_blocking_options
 @click.argument("units", nargs=-1)
 @click.pass_context
@@ -767,6 +780,7 @@ def load(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int,
 
 @main.command(context_settings=CONTEXT)
 @click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_sign_option
 @_blocking_options
 @click.argument("units", nargs=-1)
 @click.pass_context

@@ -70,9 +70,10 @@ async def _unit(client: Client, name: str) -> tuple[bool, str]:
 
 @click.command(context_settings=CONTEXT)
 @click.option("--ssh-port", default=22, type=int, show_default=True, help="Accepted for fleetctl; no SSH is used.")
+@click.option("--no-block", is_flag=True, hidden=True, help="Accepted, as fleetctl's tests pass it (FLEET-SPEC §9.1).")
 @click.argument("units", nargs=-1)
 @click.pass_context
-def status(ctx: click.Context, ssh_port: int, units: tuple[str, ...]) -> None:
+def status(ctx: click.Context, ssh_port: int, no_block: bool, units: tuple[str, ...]) -> None:
     """Show systemctl status of units, from the machines that run them (every machine for a global unit).
 
     The exit code is systemctl's: the first non-zero one. No SSH is needed: the API asks the machine.

@@ -153,3 +153,15 @@ async def test_tls_verifies_the_server_whenever_it_can(https_api: str, certifica
     missing = await Ctl(https_api)("--ca-file", os.path.join(os.path.dirname(cert), "nope.pem"), "list-machines")
     assert missing.code == 1
     assert missing.err.startswith("Unable to initialize client: cannot load TLS files:")
+
+
+@pytest.mark.parametrize("command", ["submit", "load", "start"])
+async def test_sign_fails_as_fleetctl_meant_it_to(ctl: Ctl, command: str) -> None:
+    result = await ctl(command, "--sign", "a.service")  # fleetctl accepted it silently (§9.7)
+    assert (result.code, result.out) == (2, "")
+    assert result.err == "WARNING: The signed/verified units feature is DEPRECATED and cannot be used.\n"
+
+
+async def test_status_accepts_no_block_as_fleetctls_tests_pass_it(ctl: Ctl) -> None:
+    result = await ctl("status", "--no-block", "a.service")
+    assert (result.code, result.out, result.err) == (1, "", "Unit a.service does not exist.\n")
