@@ -617,7 +617,9 @@ async def wait_for_states(
             if unit is None:
                 raise CliError(f"Error waiting for units: unit {name} no longer exists")
             state = unit.desired if (name in global_names or unit.is_global) else unit.current
-            if state == target:
+            # A replaced unit reads inactive (its machine runs the old hash) until the engine unplaces it: it is
+            # inactive, as fleet means it, once no machine holds it.
+            if state == target and not (target == "inactive" and unit.machine and not unit.is_global):
                 if unit.is_global:
                     click.echo(f"Unit {name}")
                 else:

@@ -492,3 +492,51 @@ async def test_metrics_parse_and_their_counters_move_when_units_are_scheduled(cl
     supervisor = await _scrape(cluster.api_socket)
     assert supervisor["fleetpy_units{current=launched,desired=launched}"] >= 1
     cluster.ctl("destroy", "counted", check=True)
+
+
+# ------------------------------------------------------------------------------ --no-block, --replace, templates
+
+
+async def test_no_block_replace_and_instances_of_a_template(cluster: Cluster, tmp_path) -> None:
+    template = unit_file(str(tmp_path), "web@.service", "web %i", "web", pause="5")
+    result = cluster.ctl("start", os.path.join(str(tmp_path), "web@1.service"), os.path.join(str(tmp_path), "web@2"))
+    assert result.code == 0, result
+    first = await placed_on(cluster, "web@1.service")
+    second = await placed_on(cluster, "web@2.service")
+    lines = result.out.splitlines()
+    assert lines[:2] == ["Unit web@1.service inactive", "Unit web@2.service inactive"]
+    assert sorted(lines[2:]) == sorted(
+        [f"Unit web@1.service launched on {legend(first)}", f"Unit web@2.service launched on {legend(second)}"]
+    )
+    assert (await unit_status(first.bus, "web@1.service"))[1:] == ("active", "running")
+    assert cluster.ctl("cat", "web@1").out == cluster.ctl("cat", "web@2").out  # the template's own text
+    template_listed = [
+        line.split()
+        for line in cluster.ctl("list-unit-files", "--no-legend", "--fields", "unit,dstate,target").out.splitlines()
+    ]
+    assert ["web@1.service", "launched", legend(first)] in template_listed
+
+    for command, verb in (("stop", "stop"), ("unload", "unload"), ("load", "load")):
+        result = cluster.ctl(command, "--no-block", "web@1.service")
+        assert result.code == 0, (command, result)
+        assert result.out == f"Triggered unit web@1.service {verb}\n", command
+    assert (
+        cluster.ctl("list-unit-files", "--no-legend", "--fields", "unit,dstate").out.count("web@1.service\tloaded") == 1
+    )
+
+    # --replace: a changed file replaces a running unit, which restarts with the new content where it runs
+    with open(template) as handle:
+        changed = handle.read().replace("web %i", "web two")
+    path = write_unit(str(tmp_path), "web@2.service", changed)
+    before = await main_pid(second.bus, "web@2.service")
+    result = cluster.ctl("start", "--replace", path)
+    assert result.code == 0, result
+    assert result.out.startswith("Unit web@2.service inactive\n")
+    moved_to = await placed_on(cluster, "web@2.service")
+    assert result.out.endswith(f"Unit web@2.service launched on {legend(moved_to)}\n")
+    assert "Description=web two" in cluster.ctl("cat", "web@2").out
+    assert (await unit_status(moved_to.bus, "web@2.service"))[1:] == ("active", "running")
+    assert await main_pid(moved_to.bus, "web@2.service") != before
+    same = cluster.ctl("submit", "--replace", path)
+    assert (same.code, same.out) == (0, "Found same Unit(web@2.service) in Registry, nothing to do\n")
+    cluster.ctl("destroy", "web@1", "web@2", "web@", check=True)
