@@ -155,12 +155,13 @@ async def unit_output(request: web.Request) -> web.StreamResponse:
             finally:
                 for task in helpers:
                     task.cancel()
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
     finally:
+        # Before the response ends: a client that has read it all finds the request gone from etcd.
         with contextlib.suppress(FleetError):
             await asyncio.shield(registry.revoke_lease(lease))
+    with contextlib.suppress(ConnectionError):
+        await response.write_eof()
+    return response
 
 
 async def _next(response: web.StreamResponse, queue: asyncio.Queue[Event]) -> Event:
