@@ -1,7 +1,8 @@
 """``fleetpyctl``: fleetctl's commands, flags and output (FLEET-SPEC §1), with the quirks of §9 fixed.
 
 Thin front door: each command parses, talks to the API through ``fleetpy.client``, prints. Errors are turned
-into messages and exit codes in one place (``CliError`` and ``_run``); state travels on the click context.
+into messages and exit codes in one place (``cli.common``: ``CliError`` and ``run``); state travels on the
+click context. ``status``, ``journal`` and ``ssh`` live in ``cli.remote``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -44,10 +45,8 @@ from fleetpy.unit import (
     validate_requirements,
 )
 
-T = TypeVar("T")
 POLL = 0.25
 ATTEMPT = 2.0
-_run = run
 
 
 def block_attempts(no_block: bool, attempts: int) -> int:
@@ -308,7 +307,7 @@ def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str, 
             )
         _show(columns, rows, json_rows, no_legend=no_legend, fmt=output_format)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command("list-unit-files", context_settings=CONTEXT)
@@ -376,7 +375,7 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
             )
         _show(columns, rows, json_rows, no_legend=no_legend, fmt=output_format)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command("list-units", context_settings=CONTEXT)
@@ -429,7 +428,7 @@ def list_units(ctx: click.Context, full: bool, no_legend: bool, fields: str, out
             )
         _show(columns, rows, json_rows, no_legend=no_legend, fmt=output_format)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 # -------------------------------------------------------------------------------------------------- cat
@@ -453,7 +452,7 @@ def cat(ctx: click.Context, units: tuple[str, ...]) -> None:
             raise CliError(f"Unit {name} not found")
         click.echo(serialize(unit.options), nl=False)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 # -------------------------------------------------------------------------------------------------- creating units
@@ -717,7 +716,7 @@ def submit(ctx: click.Context, replace: bool, units: tuple[str, ...]) -> None:
             raise CliError("No units given")
         await create_units(ctl, client, units, replace=replace, command="submit", attempts=0)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 def _timed_out(exc: TimeoutError, per_command: str) -> CliError:
@@ -777,7 +776,7 @@ def load(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int,
       fleetpyctl load hello.service
     """
     body = _state_command("load", DesiredState.LOADED, "load", "Error loading units")
-    _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+    run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
 
 
 @main.command(context_settings=CONTEXT)
@@ -795,7 +794,7 @@ def start(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int
       fleetpyctl start --no-block web@1.service web@2.service
     """
     body = _state_command("start", DesiredState.LAUNCHED, "start", "Error starting units")
-    _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+    run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
 
 
 async def restart_global(ctl: Ctl, client: Client, name: str, attempts: int) -> None:
@@ -879,7 +878,7 @@ def restart(ctx: click.Context, block_attempts: int, units: tuple[str, ...]) -> 
                     raise _timed_out(exc, "Error waiting for unit states, exit status: 1") from None
             await wait_for_systemd_active(client, [name], block_attempts)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 async def find_units(client: Client, units: Sequence[str]) -> dict[str, ApiUnit]:
@@ -924,7 +923,7 @@ def stop(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[s
                 raise _timed_out(exc, f"Failed to stop units [{' '.join(stopping)}]. err: {exc}") from None
         click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command(context_settings=CONTEXT)
@@ -957,7 +956,7 @@ def unload(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple
                 raise _timed_out(exc, f"Failed to unload units [{' '.join(unloading)}]. err: {exc}") from None
         click.echo(f"Successfully unloaded units [{' '.join(unloading)}].", err=True)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command(context_settings=CONTEXT)
@@ -985,7 +984,7 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
             click.echo(f"Destroyed {name}")
         return 1 if failed else 0
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 for _command in remote.COMMANDS:
