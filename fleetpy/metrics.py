@@ -91,7 +91,7 @@ def new_metrics(*, process: bool = True) -> Metrics:
     def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return Counter(name, doc, labels, registry=registry)
 
-    return Metrics(
+    metrics = Metrics(
         registry=registry,
         engine_leader_start_time=Gauge(
             "fleet_engine_leader_start_time",
@@ -150,3 +150,13 @@ def new_metrics(*, process: bool = True) -> Metrics:
             registry=registry,
         ),
     )
+    # Every series fleet knows starts at 0, so that rates and alerts work before the first event.
+    for task in ("attemptscheduleunit", "unscheduleunit", "updateunit"):
+        metrics.engine_task_count.labels(task)
+        metrics.engine_task_failure_count.labels(task)
+    for failure in ("machine_away", "run", "schedule"):
+        metrics.engine_reconcile_failure_count.labels(failure)
+    for operation in ("get", "set", "get_all"):
+        metrics.registry_operation_count.labels(operation)
+        metrics.registry_operation_failed_count.labels(operation)
+    return metrics

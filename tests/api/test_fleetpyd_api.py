@@ -263,6 +263,23 @@ async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: Etcd
     assert scraped.status == 200
     assert scraped.headers["Content-Type"].startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(scraped.raw.decode())}
+    fleets = {
+        "fleet_engine_leader_start_time": "gauge",
+        "fleet_engine_task_count": "counter",
+        "fleet_engine_task_failure_count": "counter",
+        "fleet_engine_reconcile_count": "counter",
+        "fleet_engine_reconcile_failure_count": "counter",
+        "fleet_engine_reconcile_duration_second": "histogram",
+        "fleet_registry_operation_count": "counter",
+        "fleet_registry_operation_failed_count": "counter",
+        "fleet_registry_operation_duration_second": "histogram",
+    }
+    assert {name: families[name].type for name in fleets} == fleets  # all nine, registered (fleet exported five)
+    task_types = {s.labels["type"] for s in families["fleet_engine_task_count"].samples if s.name.endswith("_total")}
+    assert task_types == {"attemptscheduleunit", "unscheduleunit", "updateunit"}
+    gets = [s for s in families["fleet_registry_operation_count"].samples if s.labels == {"type": "get"}]
+    assert gets[0].value > 0  # this test's GETs of units were counted
+    assert "fleetpy_etcd_operations" in families
     units = {(s.labels["desired"], s.labels["current"]): s.value for s in families["fleetpy_units"].samples}
     assert units == {("launched", "global"): 1.0, ("loaded", "inactive"): 1.0}
 
