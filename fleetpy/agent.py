@@ -347,14 +347,17 @@ class Agent:
             await self._report.wait()
             await asyncio.sleep(0.02)  # gather a burst of signals into one batch
             self._report.clear()
-            names, self._dirty = self._dirty, set()
+            names: set[str] = set()
             async for attempt in until_success(
                 RegistryUnavailable, SystemdUnavailable, log=log, what="publishing unit states", cap=2.0
             ):
                 with attempt:
                     await self.systemd.connect()
-                    await self._publish(names | self._dirty)
-            self._dirty -= names
+                    # Take what is dirty now (and keep what a failed attempt did not publish). A unit made dirty
+                    # while this publish runs stays dirty for the next round: removing it afterwards lost the
+                    # state a START had just changed until the periodic resync, 60 s later.
+                    names, self._dirty = names | self._dirty, set()
+                    await self._publish(names)
 
     async def _publish(self, names: set[str]) -> None:
         await self.presence.registered.wait()
