@@ -39,6 +39,8 @@ from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
+from fleetpy.registry.watched import WatchedStore
+from fleetpy.watchdir import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +352,7 @@ class DevOptions:
     metadata: Sequence[str] = ()  # per machine, "k=v,k2=v2", cycled
     extra_config: Sequence[str] = ()  # extra "option=value" lines for every host's fleetpy.conf
     etcd: str = ""  # use this etcd instead of starting one
+    watch_dir: str = ""  # a watched directory for the cluster, watched by the supervisor
 
 
 class DevCluster:
@@ -474,6 +477,16 @@ class DevCluster:
         await web.UnixSite(self._runner, path).start()
         os.chmod(path, 0o660)
 
+    def watcher(self, directory: str) -> Watcher:
+        """A watcher of ``directory`` for the whole cluster, run by the supervisor (so it outlives any host)."""
+        assert self._client is not None, "start the cluster first"
+        return Watcher(
+            WatchedStore(self._client, Keys(self.options.prefix)),
+            directory,
+            machine=f"dev-{socket.gethostname()}",
+            ttl=self.options.agent_ttl,
+        )
+
     async def run_until_stopped(self) -> None:
         """Keep cluster.json current (fleetpyd PIDs change when a daemon restarts) until cancelled."""
         last = ""
@@ -511,10 +524,21 @@ async def run_dev(options: DevOptions, *, on_ready: Any = None) -> None:
         await cluster.start()
         if on_ready is not None:
             on_ready(cluster)
-        watcher = asyncio.create_task(cluster.run_until_stopped())
-        await stop.wait()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        watcher = cluster.watcher(options.watch_dir) if options.watch_dir else None
+        stopper = asyncio.create_task(stop.wait())
+        tasks = [asyncio.create_task(cluster.run_until_stopped())]
+        if watcher is not None:
+            tasks.append(asyncio.create_task(watcher.run()))
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopper, *tasks):
+                task.cancel()
+            await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            if watcher is not None:
+                await watcher.close()
+        for task in tasks:
+            if task in done:
+                task.result()  # it ended on its own: a failure, let it surface
     finally:
         await cluster.stop()

@@ -63,6 +63,7 @@ def load_settings(config: str | None, flags: dict[str, Any]) -> Any:
 @click.option("--api-listen", metavar="HOST:PORT", multiple=True, help="Also serve the API on TCP (repeatable).")
 @click.option("--disable-engine", is_flag=True, default=None, help="Never lead the engine on this machine.")
 @click.option("--disable-agent", is_flag=True, default=None, help="Run no agent (API and engine only).")
+@click.option("--watch-dir", metavar="DIR", help="Unit files in DIR become units of the cluster (watch_dir).")
 @click.option("-v", "--verbosity", count=True, help="More logging (DEBUG).")
 @click.option("--version", is_flag=True, help="Print the version and exit.")
 @click.pass_context
@@ -146,6 +147,7 @@ def version() -> None:
     help="Extra fleetpy.conf line for every host (repeatable).",
 )
 @click.option("--etcd", default="", metavar="URL", help="Use this etcd instead of starting one.")
+@click.option("--watch-dir", default="", metavar="DIR", help="Unit files in DIR become units of the cluster.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def dev(
     machines: int,
@@ -156,6 +158,7 @@ def dev(
     metadata: tuple[str, ...],
     extra_config: tuple[str, ...],
     etcd: str,
+    watch_dir: str,
     verbose: bool,
 ) -> None:
     """Run a local cluster: an embedded etcd and N sandbox hosts, each a real fleetpyd with its own
@@ -184,6 +187,7 @@ def dev(
         metadata=metadata,
         extra_config=extra_config,
         etcd=etcd,
+        watch_dir=watch_dir,
     )
 
     def ready(cluster: DevCluster) -> None:
@@ -192,6 +196,8 @@ def dev(
             click.echo(f"  {host.name}  {host.machine_id}  {host.public_ip}  bus {host.bus}")
         click.echo(f"  API: unix://{cluster.api_socket}")
         click.echo(f"  described in {cluster.cluster_file}")
+        if watch_dir:
+            click.echo(f"  watching {os.path.abspath(watch_dir)} for unit files")
         if cluster.api_socket != DEFAULT_API_SOCKET:
             click.echo(f"  export FLEETPYCTL_ENDPOINT=unix://{cluster.api_socket}")
         click.echo("Press Ctrl-C to stop the cluster.", err=True)
