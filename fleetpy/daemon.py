@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from aiohttp import web
@@ -24,6 +24,8 @@ from aiohttp import web
 from fleetpy import __version__
 from fleetpy.agent import Agent, Presence, local_machine
 from fleetpy.api.app import ApiSettings, make_app
+from fleetpy.bootstrap import submit_units
+from fleetpy.cloudconfig import CloudUnit
 from fleetpy.config import Settings
 from fleetpy.engine import Engine
 from fleetpy.errors import ConfigError
@@ -131,8 +133,9 @@ async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[
     return runner
 
 
-async def serve(settings: Settings) -> int:
-    """Run fleetpyd until SIGTERM/SIGINT; the exit code."""
+async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
+    """Run fleetpyd until SIGTERM/SIGINT; the exit code. ``units`` (a cloud-config's) are submitted once the
+    machine has joined."""
     runtime = runtime_directory(settings)
     lock = _lock(runtime) if not settings.disable_agent else None  # one agent per runtime directory
     client = EtcdClient(
@@ -208,6 +211,8 @@ async def serve(settings: Settings) -> int:
                 group.create_task(engine.run())
             if watcher is not None:
                 group.create_task(watcher.run())
+            if units:
+                group.create_task(submit_units(registry, units))
             if agent is None and engine is None and watcher is None:
                 await stop.wait()  # API only: nothing else to run until we are told to stop
 

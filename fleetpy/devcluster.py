@@ -187,6 +187,7 @@ class SandboxHost:
     public_ip: str = ""
     cgroup: str = ""
     machine_id: str = ""
+    private_etc: bool = False  # writes to /etc stay in the host (an overlay), for fleetpyd --cloud-config
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -247,7 +248,15 @@ class SandboxHost:
         with open(os.path.join(self.directory, "machine-id"), "w") as handle:
             handle.write(self.machine_id + "\n")
         with open(os.path.join(self.directory, "host.json"), "w") as handle:
-            json.dump({"hostname": self.hostname, "env": self.env, "fleetpyd": list(self.fleetpyd)}, handle)
+            json.dump(
+                {
+                    "hostname": self.hostname,
+                    "env": self.env,
+                    "fleetpyd": list(self.fleetpyd),
+                    "private_etc": self.private_etc,
+                },
+                handle,
+            )
         os.makedirs(self.cgroup, exist_ok=True)
         procs = os.path.join(self.cgroup, "cgroup.procs")
 

@@ -784,8 +784,10 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
 
 def _register_commands() -> None:
     """fleetpy's own commands, which live in modules of their own."""
+    from fleetpy.cli.cloudconfig import cloud_config
     from fleetpy.cli.watched import list_watch_errors
 
+    main.add_command(cloud_config)
     main.add_command(list_watch_errors)
 
 
