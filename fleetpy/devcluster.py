@@ -418,7 +418,10 @@ class DevCluster:
         config_path = os.path.join(directory, "fleetpy.conf")
         with open(config_path, "w") as handle:
             handle.write("\n".join(config) + "\n")
-        return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), public_ip=public_ip)
+        # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
+        # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
+        env = {"ETCDCTL_ENDPOINTS": self.etcd_endpoint}
+        return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
 
     def write_description(self) -> None:
         description = {

@@ -250,5 +250,14 @@ def dev(
         _fail(str(exc))
 
 
+def _register_commands() -> None:
+    """Commands that live in modules of their own."""
+    from fleetpy.cli.devhost import dev_host
+
+    main.add_command(dev_host)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()
