@@ -143,8 +143,12 @@ async def test_02_global_unit(demo: Cluster, tmp_path) -> None:
     readme = Readme("02-global-unit", demo, str(tmp_path))
     assert "Triggered global unit heartbeat.service start" in readme.run("fleetpyctl start").out
     await runs_on(demo, "heartbeat.service", count=len(demo.machines))
-    listing = rows(readme.run("fleetpyctl list-units").out)
-    assert len([r for r in listing if r[0] == "heartbeat.service" and r[2:] == ["active", "running"]]) == 3
+
+    async def listed() -> bool:  # the agents publish what systemd reports a moment later
+        listing = rows(readme.run("fleetpyctl list-units").out)
+        return len([r for r in listing if r[0] == "heartbeat.service" and r[2:] == ["active", "running"]]) == 3
+
+    await wait_for(listed, timeout=30, interval=0.3, what="list-units to show heartbeat.service on every machine")
     assert ["heartbeat.service", "global"] in [[r[0], r[-1]] for r in rows(readme.run("fleetpyctl list-unit-f").out)]
     demo.ctl("destroy", "heartbeat.service", check=True)
     await stopped_everywhere(demo, "heartbeat.service")
@@ -262,8 +266,12 @@ async def test_07_cloud_config_new_host(demo: Cluster, tmp_path) -> None:
             return await unit_status(bus, "extra.service") == ("loaded", "active", "running")
 
         await wait_for(extra_runs, timeout=60, interval=0.3, what="extra.service to run on the new machine")
-        entry = next(r for r in rows(readme.run("fleetpyctl list-unit-files").out) if r[0] == "extra.service")
-        assert entry[2:] == ["launched", "launched", f"{row[0]}/127.77.0.100"]
+
+        async def listed() -> bool:  # its agent publishes what systemd reports a moment later
+            entry = next(r for r in rows(readme.run("fleetpyctl list-unit-files").out) if r[0] == "extra.service")
+            return entry[2:] == ["launched", "launched", f"{row[0]}/127.77.0.100"]
+
+        await wait_for(listed, timeout=30, interval=0.3, what="list-unit-files to show extra.service launched there")
         assert await hosts_running(demo, "extra.service") == [], "it ran on a machine without role=extra"
     finally:
         host.send_signal(signal.SIGINT)
