@@ -49,7 +49,7 @@ def setup_logging(verbosity: int) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbosity > 0 else logging.INFO, format=fmt, stream=sys.stderr, force=True
     )
-    for noisy in ("aiohttp.access", "grpc", "asyncio"):
+    for noisy in ("aiohttp.access", "grpc", "asyncio", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
