@@ -34,7 +34,7 @@ import yaml
 from fleetpy.config import OPTION_NAMES
 from fleetpy.errors import ConfigError, InvalidUnit
 from fleetpy.model import DesiredState
-from fleetpy.unit import UnitFile, name_info, validate_name, validate_requirements
+from fleetpy.unit import UnitFile, name_info, validate_unit
 
 HEADER = "#cloud-config"
 # CoreOS's coreos.fleet keys (coreos-cloudinit config/fleet.go), after "-" → "_".
@@ -178,9 +178,8 @@ def _unit(entry: Any, where: str, warnings: list[str]) -> CloudUnit:
         raise ConfigError(f"{where}: a unit needs a name and a content (its unit file)")
     try:
         desired = DesiredState.parse(str(item.get("desired", "launched")))
-        validate_name(name)
         unit = UnitFile.from_text(content)
-        validate_requirements(unit.xfleet)
+        validate_unit(name, unit)
         if desired != DesiredState.INACTIVE and name_info(name).is_template:
             raise InvalidUnit(f'cannot activate template "{name}"')
     except (ValueError, InvalidUnit) as exc:

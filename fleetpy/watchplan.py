@@ -40,7 +40,7 @@ import yaml
 
 from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState, UnitRecord
-from fleetpy.unit import UNIT_TYPES, UnitFile, name_info, validate_name, validate_requirements
+from fleetpy.unit import UNIT_TYPES, UnitFile, name_info, validate_unit
 
 VALUES_FILE = "values.yaml"
 TEMPLATE_SUFFIX = ".j2"
@@ -119,13 +119,6 @@ class DirectoryUnits:
     wanted: Mapping[str, WantedUnit] = field(default_factory=dict)
     held: frozenset[str] = frozenset()
     errors: Mapping[str, str] = field(default_factory=dict)
-
-
-def _parse_unit(name: str, text: str) -> UnitFile:
-    validate_name(name)
-    unit = UnitFile.from_text(text)
-    validate_requirements(unit.xfleet)
-    return unit
 
 
 def _decode(content: bytes) -> str:
@@ -250,13 +243,15 @@ def read_directory(files: Mapping[str, DirectoryFile], *, now: float, settle: fl
             continue
         file, text = found[0]
         try:
-            parsed[unit_name] = WantedUnit(unit_name, file, _parse_unit(unit_name, text))
+            unit = UnitFile.from_text(text)
+            validate_unit(unit_name, unit)
+            parsed[unit_name] = WantedUnit(unit_name, file, unit)
         except InvalidUnit as exc:
             errors[file] = f"{unit_name}: {exc}" if file != unit_name else str(exc)
             held.add(file)
-    for unit_name, unit in parsed.items():
-        if unit.file not in held:  # a template with one bad unit holds all of its units
-            wanted[unit_name] = unit
+    for unit_name, found_unit in parsed.items():
+        if found_unit.file not in held:  # a template with one bad unit holds all of its units
+            wanted[unit_name] = found_unit
     return DirectoryUnits(wanted=wanted, held=frozenset(held), errors=errors)
 
 
@@ -328,7 +323,7 @@ class Replace:
 
 @dataclass(frozen=True, slots=True)
 class PutClaim:
-    """Record our claim only; ``revision`` (0: the unit does not exist) is compared."""
+    """Record our claim only, if the unit is still at ``revision``."""
 
     unit: str
     claim: Claim
