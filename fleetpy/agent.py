@@ -347,16 +347,14 @@ class Agent:
             await self._report.wait()
             await asyncio.sleep(0.02)  # gather a burst of signals into one batch
             self._report.clear()
-            names: set[str] = set()
+            names, self._dirty = self._dirty, set()
+            # Names marked dirty while this batch is published stay in self._dirty for the next round: a
+            # state read before a change must never clear the mark the change left.
             async for attempt in until_success(
                 RegistryUnavailable, SystemdUnavailable, log=log, what="publishing unit states", cap=2.0
             ):
                 with attempt:
                     await self.systemd.connect()
-                    # Take what is dirty now (and keep what a failed attempt did not publish). A unit made dirty
-                    # while this publish runs stays dirty for the next round: removing it afterwards lost the
-                    # state a START had just changed until the periodic resync, 60 s later.
-                    names, self._dirty = names | self._dirty, set()
                     await self._publish(names)
 
     async def _publish(self, names: set[str]) -> None:

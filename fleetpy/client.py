@@ -88,6 +88,15 @@ class OutputEvent:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ApiWatchError:
+    file: str
+    directory: str = ""
+    machine: str = ""
+    owner: str = ""
+    message: str = ""
+
+
 def _s(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key, "")
     return value if isinstance(value, str) else str(value)
@@ -283,6 +292,19 @@ class Client:
                 return None
             raise
         return decode_state(payload if isinstance(payload, dict) else {})
+
+    async def watch_errors(self) -> list[ApiWatchError]:
+        """fleetpy's own endpoint: files of watched directories that are not applied, and why."""
+        return [
+            ApiWatchError(
+                file=_s(e, "file"),
+                directory=_s(e, "directory"),
+                machine=_s(e, "machineID"),
+                owner=_s(e, "owner"),
+                message=_s(e, "message"),
+            )
+            for e in await self._pages("/watch-errors", "watchErrors")
+        ]
 
     async def unit_output(
         self, name: str, kind: str, *, lines: int = 10, follow: bool = False, output: str = "short", machine: str = ""

@@ -987,9 +987,18 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
     run(ctx, body)
 
 
-for _command in remote.COMMANDS:
-    main.add_command(_command)
+def _register_commands() -> None:
+    """Commands that live in modules of their own."""
+    from fleetpy.cli.cloudconfig import cloud_config
+    from fleetpy.cli.watched import list_watch_errors
 
+    for command in remote.COMMANDS:
+        main.add_command(command)
+    main.add_command(cloud_config)
+    main.add_command(list_watch_errors)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main(prog_name="fleetpyctl")
