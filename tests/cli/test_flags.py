@@ -165,3 +165,9 @@ async def test_sign_fails_as_fleetctl_meant_it_to(ctl: Ctl, command: str) -> Non
 async def test_status_accepts_no_block_as_fleetctls_tests_pass_it(ctl: Ctl) -> None:
     result = await ctl("status", "--no-block", "a.service")
     assert (result.code, result.out, result.err) == (1, "", "Unit a.service does not exist.\n")
+
+
+async def test_every_listing_speaks_json_even_when_empty(ctl: Ctl) -> None:
+    for command in ("list-machines", "list-unit-files", "list-units", "list-watch-errors"):
+        result = await ctl(command, "-o", "json")
+        assert (result.code, json.loads(result.out), result.err) == (0, [], ""), command
