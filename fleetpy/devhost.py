@@ -27,6 +27,10 @@ from fleetpy.errors import FleetError
 from fleetpy.systemd.dbus import DbusSystemd
 
 RUNTIME = "/run/user/0"
+JOURNALD = "/lib/systemd/systemd-journald"
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+# Volatile storage only (in the host's own /run): the machine's /var/log/journal must never be written to.
+JOURNALD_CONF = "[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\nForwardToSyslog=no\nForwardToWall=no\nReadKMsg=no\n"
 
 
 def _mount(*args: str) -> None:
@@ -47,6 +51,7 @@ def _prepare(host_dir: str, config: dict[str, Any]) -> dict[str, str]:
         _mount("-t", "overlay", "-o", options, "overlay", "/etc")
     _mount("--bind", os.path.join(host_dir, "machine-id"), "/etc/machine-id")
     subprocess.run(["hostname", config["hostname"]], check=True)
+    _private_journal(host_dir)
     os.makedirs("/run/systemd/system", exist_ok=True)  # the marker that lets systemd --user start
     os.makedirs(RUNTIME, exist_ok=True)
     os.chmod(RUNTIME, 0o700)
@@ -61,6 +66,34 @@ def _prepare(host_dir: str, config: dict[str, Any]) -> dict[str, str]:
     }
     env.update(config.get("env", {}))
     return env
+
+
+def _private_journal(host_dir: str) -> None:
+    """journald's configuration and persistent directory of this host only (see ``_start_journald``)."""
+    journal = os.path.join(host_dir, "journal")
+    os.makedirs(os.path.join(journal, "var"), exist_ok=True)
+    conf = os.path.join(journal, "journald.conf")
+    with open(conf, "w") as handle:
+        handle.write(JOURNALD_CONF)
+    if os.path.exists("/etc/systemd/journald.conf"):
+        _mount("--bind", conf, "/etc/systemd/journald.conf")
+    if os.path.isdir("/var/log/journal"):
+        _mount("--bind", os.path.join(journal, "var"), "/var/log/journal")
+
+
+def _start_journald(log: Any) -> subprocess.Popen[bytes] | None:
+    """A systemd-journald of the host's own, so that unit output is kept and ``journalctl`` inside the host
+    shows it (the sandbox host has no system manager that would start one). It binds its sockets under the
+    host's own ``/run/systemd/journal`` and writes to ``/run/log/journal/<machine id>``. Started before
+    ``systemd --user``, which connects its units' output to it. ``None`` if journald is not installed."""
+    if not os.access(JOURNALD, os.X_OK):
+        return None
+    os.makedirs("/run/systemd/journal", exist_ok=True)
+    journald = subprocess.Popen([JOURNALD], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(JOURNAL_STDOUT) and journald.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return journald
 
 
 async def _systemd_ready(deadline: float) -> None:
@@ -86,6 +119,7 @@ def main(argv: list[str]) -> int:
         config = json.load(handle)
     env = _prepare(host_dir, config)
     log = open(os.path.join(host_dir, "host.log"), "ab", buffering=0)  # noqa: SIM115 - lives as long as init
+    _start_journald(log)
     systemd = subprocess.Popen(["systemd", "--user"], env=env, stdout=log, stderr=log, start_new_session=True)
     asyncio.run(_systemd_ready(time.monotonic() + 30))
     command: list[str] = config.get("fleetpyd") or []
