@@ -257,6 +257,7 @@ class SandboxHost:
                 },
                 handle,
             )
+        sweep_stale_cgroups(os.path.dirname(self.cgroup))
         os.makedirs(self.cgroup, exist_ok=True)
         procs = os.path.join(self.cgroup, "cgroup.procs")
 
@@ -315,18 +316,11 @@ class SandboxHost:
 
     def remove_cgroup(self) -> None:
         deadline = time.monotonic() + 5
-        while os.path.isdir(self.cgroup):
-            for root, dirs, _files in os.walk(self.cgroup, topdown=False):
-                for name in dirs:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join(root, name))
-            try:
-                os.rmdir(self.cgroup)
-            except OSError:
-                if time.monotonic() > deadline:
-                    log.warning("could not remove cgroup %s", self.cgroup)
-                    return
-                time.sleep(0.05)
+        while not _remove_tree(self.cgroup):
+            if time.monotonic() > deadline:
+                log.warning("could not remove cgroup %s", self.cgroup)
+                return
+            time.sleep(0.05)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -341,6 +335,40 @@ class SandboxHost:
             "cgroup": self.cgroup,
             "api": f"unix://{self.run_dir}/fleetpy/fleetpy.sock",
         }
+
+
+def _remove_tree(cgroup: str) -> bool:
+    """Remove a cgroup and its children, deepest first; whether it is gone."""
+    if not os.path.isdir(cgroup):
+        return True
+    for root, dirs, _files in os.walk(cgroup, topdown=False):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    try:
+        os.rmdir(cgroup)
+    except OSError:
+        return False
+    return True
+
+
+def sweep_stale_cgroups(parent: str) -> None:
+    """Remove the empty groups of hosts whose owner died without cleaning up (a killed test run, say). Only
+    groups that hold no process at all (``populated 0``) and are older than a minute are touched."""
+    try:
+        entries = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    for name in entries:
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, "cgroup.events")) as handle:
+                populated = "populated 1" in handle.read()
+        except OSError:
+            continue
+        # A group younger than a minute may be one another process is about to move a host into.
+        if not populated and time.time() - os.stat(path).st_mtime > 60:
+            _remove_tree(path)
 
 
 def fleetpyd_command(config_path: str) -> list[str]:
