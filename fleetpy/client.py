@@ -7,8 +7,11 @@ an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``ne
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -19,8 +22,9 @@ from fleetpy.errors import FleetError
 from fleetpy.model import DesiredState
 from fleetpy.unit import UnitOption
 
+log = logging.getLogger(__name__)
 API = "/fleet/v1"
-FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints
+FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints: status and journal (api/relay.py), plan (api/plan.py)
 
 
 class ApiError(FleetError):
@@ -107,6 +111,25 @@ class ApiPlannedAction:
 class ApiPlan:
     units: tuple[ApiPlannedUnit, ...]
     actions: tuple[ApiPlannedAction, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEvent:
+    """One event of a status or journal stream: output of ``machine``, or the end of it (``code`` set)."""
+
+    machine: str
+    output: str = ""
+    code: int | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiWatchError:
+    file: str
+    directory: str = ""
+    machine: str = ""
+    owner: str = ""
+    message: str = ""
 
 
 def _s(obj: dict[str, Any], key: str) -> str:
@@ -208,6 +231,10 @@ def _reason(exc: BaseException) -> str:
     """Why a request failed, without aiohttp's repetition of the address (``[Errno 2] ...`` → its text)."""
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "the request timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS: {exc.os_error}"
     error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(error, OSError) and error.errno:
         return os.strerror(error.errno)
@@ -215,10 +242,11 @@ def _reason(exc: BaseException) -> str:
 
 
 class Client:
-    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.endpoint = endpoint
         self.base, self.socket_path = parse_endpoint(endpoint)
         self.timeout = timeout
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -237,7 +265,7 @@ class Client:
             connector: aiohttp.BaseConnector = (
                 aiohttp.UnixConnector(path=self.socket_path, limit=32)
                 if self.socket_path
-                else aiohttp.TCPConnector(limit=32)
+                else aiohttp.TCPConnector(limit=32, ssl=self.ssl_context if self.ssl_context is not None else True)
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
@@ -254,6 +282,7 @@ class Client:
         root: str = API,
     ) -> tuple[int, Any]:
         url = f"{self.base}{root}{path}"
+        log.debug("%s %s %s", method, url, params or "")
         try:
             async with self._http().request(method, url, params=params, json=body) as response:
                 raw = await response.read()
@@ -358,3 +387,55 @@ class Client:
         }
         _, payload = await self._request("POST", "/plan", body=body, root=FLEETPY_API)
         return decode_plan(payload if isinstance(payload, dict) else {})
+
+    async def watch_errors(self) -> list[ApiWatchError]:
+        """fleetpy's own endpoint: files of watched directories that are not applied, and why."""
+        return [
+            ApiWatchError(
+                file=_s(e, "file"),
+                directory=_s(e, "directory"),
+                machine=_s(e, "machineID"),
+                owner=_s(e, "owner"),
+                message=_s(e, "message"),
+            )
+            for e in await self._pages("/watch-errors", "watchErrors")
+        ]
+
+    async def unit_output(
+        self, name: str, kind: str, *, lines: int = 10, follow: bool = False, output: str = "short", machine: str = ""
+    ) -> AsyncIterator[OutputEvent]:
+        """``kind`` (``status`` or ``journal``) of a unit from the machines that run it, as it streams in.
+        A followed journal has no overall time limit; connecting and each answer still have the request timeout
+        until the stream has started."""
+        params = {"lines": str(lines), "output": output}
+        if follow:
+            params["follow"] = "true"
+        if machine:
+            params["machineID"] = machine
+        url = f"{self.base}{FLEETPY_API}/units/{quote(name, safe='')}/{kind}"
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout)
+        try:
+            method = "POST" if kind == "restart" else "GET"
+            async with self._http().request(method, url, params=params, timeout=timeout) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    message = ""
+                    try:
+                        payload = json.loads(raw)
+                        message = str(payload["error"]["message"])
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                    raise ApiError(response.status, message, raw.decode(errors="replace").strip())
+                async for line in response.content:
+                    if not line.strip():
+                        continue  # the server's heartbeat
+                    event = json.loads(line)
+                    code = event.get("exitCode")
+                    yield OutputEvent(
+                        machine=_s(event, "machineID"),
+                        output=_s(event, "output"),
+                        code=int(code) if code is not None else None,
+                        error=_s(event, "error"),
+                    )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise EndpointUnavailable(f"cannot reach the fleetpy API at {self.where}: {_reason(exc)}") from exc

@@ -40,6 +40,8 @@ from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
+from fleetpy.registry.watched import WatchedStore
+from fleetpy.watchdir import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,7 @@ class SandboxHost:
     public_ip: str = ""
     cgroup: str = ""
     machine_id: str = ""
+    private_etc: bool = False  # writes to /etc stay in the host (an overlay), for fleetpyd --cloud-config
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -246,7 +249,16 @@ class SandboxHost:
         with open(os.path.join(self.directory, "machine-id"), "w") as handle:
             handle.write(self.machine_id + "\n")
         with open(os.path.join(self.directory, "host.json"), "w") as handle:
-            json.dump({"hostname": self.hostname, "env": self.env, "fleetpyd": list(self.fleetpyd)}, handle)
+            json.dump(
+                {
+                    "hostname": self.hostname,
+                    "env": self.env,
+                    "fleetpyd": list(self.fleetpyd),
+                    "private_etc": self.private_etc,
+                },
+                handle,
+            )
+        sweep_stale_cgroups(os.path.dirname(self.cgroup))
         os.makedirs(self.cgroup, exist_ok=True)
         procs = os.path.join(self.cgroup, "cgroup.procs")
 
@@ -315,18 +327,11 @@ class SandboxHost:
 
     def remove_cgroup(self) -> None:
         deadline = time.monotonic() + 5
-        while os.path.isdir(self.cgroup):
-            for root, dirs, _files in os.walk(self.cgroup, topdown=False):
-                for name in dirs:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join(root, name))
-            try:
-                os.rmdir(self.cgroup)
-            except OSError:
-                if time.monotonic() > deadline:
-                    log.warning("could not remove cgroup %s", self.cgroup)
-                    return
-                time.sleep(0.05)
+        while not _remove_tree(self.cgroup):
+            if time.monotonic() > deadline:
+                log.warning("could not remove cgroup %s", self.cgroup)
+                return
+            time.sleep(0.05)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -341,6 +346,40 @@ class SandboxHost:
             "cgroup": self.cgroup,
             "api": f"unix://{self.run_dir}/fleetpy/fleetpy.sock",
         }
+
+
+def _remove_tree(cgroup: str) -> bool:
+    """Remove a cgroup and its children, deepest first; whether it is gone."""
+    if not os.path.isdir(cgroup):
+        return True
+    for root, dirs, _files in os.walk(cgroup, topdown=False):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    try:
+        os.rmdir(cgroup)
+    except OSError:
+        return False
+    return True
+
+
+def sweep_stale_cgroups(parent: str) -> None:
+    """Remove the empty groups of hosts whose owner died without cleaning up (a killed test run, say). Only
+    groups that hold no process at all (``populated 0``) and are older than a minute are touched."""
+    try:
+        entries = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    for name in entries:
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, "cgroup.events")) as handle:
+                populated = "populated 1" in handle.read()
+        except OSError:
+            continue
+        # A group younger than a minute may be one another process is about to move a host into.
+        if not populated and time.time() - os.stat(path).st_mtime > 60:
+            _remove_tree(path)
 
 
 def fleetpyd_command(config_path: str) -> list[str]:
@@ -377,7 +416,10 @@ def make_host(
     config_path = os.path.join(directory, "fleetpy.conf")
     with open(config_path, "w") as handle:
         handle.write("\n".join(config) + "\n")
-    return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), public_ip=public_ip)
+    # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
+    # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
+    env = {"ETCDCTL_ENDPOINTS": etcd}
+    return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -394,6 +436,7 @@ class DevOptions:
     metadata: Sequence[str] = ()  # per machine, "k=v,k2=v2", cycled
     extra_config: Sequence[str] = ()  # extra "option=value" lines for every host's fleetpy.conf
     etcd: str = ""  # use this etcd instead of starting one
+    watch_dir: str = ""  # a watched directory for the cluster, watched by the supervisor
 
 
 class DevCluster:
@@ -509,6 +552,16 @@ class DevCluster:
         await web.UnixSite(self._runner, path).start()
         os.chmod(path, 0o660)
 
+    def watcher(self, directory: str) -> Watcher:
+        """A watcher of ``directory`` for the whole cluster, run by the supervisor (so it outlives any host)."""
+        assert self._client is not None, "start the cluster first"
+        return Watcher(
+            WatchedStore(self._client, Keys(self.options.prefix)),
+            directory,
+            machine=f"dev-{socket.gethostname()}",
+            ttl=self.options.agent_ttl,
+        )
+
     async def run_until_stopped(self) -> None:
         """Keep cluster.json current (fleetpyd PIDs change when a daemon restarts) until cancelled."""
         last = ""
@@ -546,10 +599,21 @@ async def run_dev(options: DevOptions, *, on_ready: Any = None) -> None:
         await cluster.start()
         if on_ready is not None:
             on_ready(cluster)
-        watcher = asyncio.create_task(cluster.run_until_stopped())
-        await stop.wait()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        watcher = cluster.watcher(options.watch_dir) if options.watch_dir else None
+        stopper = asyncio.create_task(stop.wait())
+        tasks = [asyncio.create_task(cluster.run_until_stopped())]
+        if watcher is not None:
+            tasks.append(asyncio.create_task(watcher.run()))
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopper, *tasks):
+                task.cancel()
+            await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            if watcher is not None:
+                await watcher.close()
+        for task in tasks:
+            if task in done:
+                task.result()  # it ended on its own: a failure, let it surface
     finally:
         await cluster.stop()

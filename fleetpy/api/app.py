@@ -17,9 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy import __version__
-from fleetpy.api import schema
+from fleetpy.api import discovery, metrics, relay, schema
 from fleetpy.api.schema import BadRequest
 from fleetpy.errors import Conflict, FleetError, InvalidUnit, RegistryUnavailable, UnitNotFound
+from fleetpy.metrics import Metrics, new_metrics
 from fleetpy.model import DesiredState, MachineID, UnitRecord, UnitView
 from fleetpy.registry.base import ApiRegistry
 from fleetpy.unit import UnitFile, UnitOption, name_info, validate_name, validate_requirements
@@ -43,9 +44,12 @@ class HttpError(Exception):
 
 
 class ApiSettings:
-    def __init__(self, *, token_limit: int = 100, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, *, token_limit: int = 100, ready: Callable[[], bool] = lambda: True, metrics: Metrics | None = None
+    ) -> None:
         self.token_limit = token_limit
         self.ready = ready
+        self.metrics = metrics or new_metrics(process=False)
         self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
 
 
@@ -121,9 +125,9 @@ async def _unit_json(request: web.Request, view: UnitView) -> dict[str, Any]:
     )
 
 
-def _method_not_allowed(message: str) -> Handler:
+def _method_not_allowed(message: str, status: int = 405) -> Handler:
     async def handler(_request: web.Request) -> web.StreamResponse:
-        return error_response(405, message)
+        return error_response(status, message)
 
     return handler
 
@@ -294,6 +298,15 @@ async def get_state(request: web.Request) -> web.StreamResponse:
     return json_response(schema.state_json(states[0]))
 
 
+# ---------------------------------------------------------------------------------------------- watched directories
+
+
+async def list_watch_errors(request: web.Request) -> web.StreamResponse:
+    """fleetpy's own (not in fleet's API): the files of watched directories that are not applied, and why."""
+    errors = await request.app[REGISTRY].list_watch_errors()
+    return _page(request, [schema.watch_error_json(e) for e in errors], "watchErrors")
+
+
 # ---------------------------------------------------------------------------------------------- the app
 
 
@@ -306,6 +319,10 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
     app[REGISTRY] = registry
     app[SETTINGS] = settings or ApiSettings()
     for prefix in PREFIXES:
+        app.router.add_route("GET", f"{prefix}/discovery", discovery.get_discovery)
+        app.router.add_route(
+            "*", f"{prefix}/discovery", _method_not_allowed("only HTTP GET supported against this resource", 400)
+        )
         app.router.add_route("GET", f"{prefix}/machines", list_machines)
         app.router.add_route("PATCH", f"{prefix}/machines", patch_machines)
         app.router.add_route(
@@ -327,7 +344,13 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
         app.router.add_route(
             "*", f"{prefix}/state/{{name}}", _method_not_allowed("only GET supported against this resource")
         )
+        app.router.add_route("GET", f"{prefix}/watch-errors", list_watch_errors)
+        app.router.add_route(
+            "*", f"{prefix}/watch-errors", _method_not_allowed("only GET supported against this resource")
+        )
         app.router.add_route("*", prefix, _method_not_allowed(""))
+    relay.add_routes(app, registry)
+    metrics.add_routes(app, registry, app[SETTINGS].metrics)
     plan.add_routes(app)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -4,17 +4,18 @@
 engine's own plan on the cluster as it is (``POST /fleetpy/v1/plan``). ``set-metadata`` sets a machine's dynamic
 metadata through fleet's ``PATCH /machines``; units whose requirements it changes move at once.
 
-The commands are registered on ``fleetpyctl.main`` by their decorators; ``fleetpyctl`` imports this module
-after its own definitions.
+``fleetpyctl`` registers both commands on its group.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
 import click
 
-from fleetpy.cli.fleetpyctl import CONTEXT, CliError, Ctl, _run, local_unit, main, resolve_argument
+from fleetpy.cli.common import CONTEXT, CliError, Ctl, local_unit, output_option, resolve_argument, run
 from fleetpy.cli.output import format_metadata, machine_id_legend, machine_legend, tabwrite
 from fleetpy.client import ApiError, ApiPlan, ApiPlannedUnit, ApiVerdict, Client
 from fleetpy.unit import UnitOption, name_info
@@ -66,6 +67,26 @@ def render_plan(plan: ApiPlan, ips: dict[str, str], full: bool) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def plan_json(plan: ApiPlan) -> dict[str, Any]:
+    """The plan for scripts: full machine IDs, rule and message ``null`` for a machine that passes."""
+    units = [
+        {
+            "name": u.name,
+            "global": u.is_global,
+            "machines": list(u.machines),
+            "kept": u.kept,
+            "reason": u.reason or None,
+            "verdicts": [
+                {"machine": v.machine, "load": v.load, "rule": v.rule or None, "message": v.message or None}
+                for v in u.verdicts
+            ],
+        }
+        for u in plan.units
+    ]
+    actions = [{"type": a.type, "unit": a.unit, "machine": a.machine, "reason": a.reason} for a in plan.actions]
+    return {"units": units, "actions": actions}
+
+
 async def _requested(client: Client, arguments: Sequence[str]) -> list[tuple[str, Sequence[UnitOption] | None]]:
     """Each argument as (name, options): a local file's options, an instance's template's, or ``None`` for a
     unit the cluster has."""
@@ -83,11 +104,12 @@ async def _requested(client: Client, arguments: Sequence[str]) -> list[tuple[str
     return requested
 
 
-@main.command("plan", context_settings=CONTEXT)
+@click.command("plan", context_settings=CONTEXT)
 @click.option("--full", "-l", "--l", is_flag=True, help="Show full machine IDs.")
+@output_option
 @click.argument("units", nargs=-1)
 @click.pass_context
-def plan(ctx: click.Context, full: bool, units: tuple[str, ...]) -> None:
+def plan(ctx: click.Context, full: bool, output_format: str, units: tuple[str, ...]) -> None:
     """Show where units would run and why every other machine was not chosen, without changing anything.
 
     Each UNIT is a unit file (new, or a new version of a submitted unit) or the name of a unit in the
@@ -98,6 +120,11 @@ def plan(ctx: click.Context, full: bool, units: tuple[str, ...]) -> None:
     Examples:
       fleetpyctl plan web@1.service web@2.service
       fleetpyctl plan db.service               # a unit the cluster already has
+
+    \b
+    -o json: {"units": [{"name", "global", "machines", "kept", "reason",
+                         "verdicts": [{"machine", "load", "rule", "message"}]}],
+              "actions": [{"type", "unit", "machine", "reason"}]}
     """
 
     async def body(ctl: Ctl, client: Client) -> None:
@@ -108,9 +135,12 @@ def plan(ctx: click.Context, full: bool, units: tuple[str, ...]) -> None:
             answer = await client.plan(requested)
         except ApiError as exc:
             raise CliError(f"Error planning units: {exc}") from None
-        click.echo(render_plan(answer, await ctl.ips(), full), nl=False)
+        if output_format == "json":
+            click.echo(json.dumps(plan_json(answer), indent=2))
+        else:
+            click.echo(render_plan(answer, await ctl.ips(), full), nl=False)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 # ------------------------------------------------------------------------------------------------- metadata
@@ -125,7 +155,7 @@ def _assignment(text: str) -> tuple[str, str]:
     return key, value
 
 
-@main.command("set-metadata", context_settings=CONTEXT)
+@click.command("set-metadata", context_settings=CONTEXT)
 @click.option("--remove", "removed", multiple=True, metavar="KEY", help="Remove this key (repeatable).")
 @click.argument("machine")
 @click.argument("values", nargs=-1)
@@ -162,4 +192,4 @@ def set_metadata(ctx: click.Context, removed: tuple[str, ...], machine: str, val
         metadata = format_metadata(now.metadata) if now is not None else "-"
         click.echo(f"{machine_id_legend(matches[0], False)}\t{metadata}")
 
-    _run(ctx, body)
+    run(ctx, body)

@@ -8,18 +8,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fleetpy.errors import Conflict, LeadershipLost
 from fleetpy.keys import Keys
+from fleetpy.metrics import Metrics
 from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView, merge_metadata
 from fleetpy.plan import EngineAction, Unschedule
 from fleetpy.registry import codec
 from fleetpy.registry.mirror import Mirror, Prefix
 from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Op, Put, Range
+from fleetpy.registry.watched import WatchedStore
+from fleetpy.relay import RelayRequest, decode_request, encode_request
+from fleetpy.watchplan import WatchError
 
 log = logging.getLogger(__name__)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _measured(
+    kind: str,
+) -> Callable[
+    [Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]],
+]:
+    """Count a unit operation in fleet's registry metrics (``get``, ``set``, ``get_all``)."""
+
+    def wrap(
+        method: Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]]:
+        async def measured(self: EtcdRegistry, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self.metrics is None:
+                return await method(self, *args, **kwargs)
+            with self.metrics.registry_operation(kind):
+                return await method(self, *args, **kwargs)
+
+        measured.__name__, measured.__doc__ = method.__name__, method.__doc__
+        return measured
+
+    return wrap
 
 
 def _decode_machine(_tail: str, raw: bytes) -> Machine:
@@ -29,9 +61,10 @@ def _decode_machine(_tail: str, raw: bytes) -> Machine:
 class EtcdRegistry:
     """fleetpy's operations on etcd. Implements every protocol of ``registry.base``."""
 
-    def __init__(self, client: Client, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys, metrics: Metrics | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.metrics = metrics
         self._bodies: dict[str, str] = {}
 
     # ---------------------------------------------------------------- leases
@@ -91,6 +124,7 @@ class EtcdRegistry:
 
     # ---------------------------------------------------------------- units
 
+    @_measured("get")
     async def get_body(self, unit_hash: str) -> str | None:
         """A unit body by hash (immutable: cached forever once read)."""
         body = self._bodies.get(unit_hash)
@@ -102,6 +136,7 @@ class EtcdRegistry:
             self._bodies[unit_hash] = body
         return body
 
+    @_measured("get")
     async def get_unit(self, name: str) -> UnitView | None:
         result = await self.client.read(
             Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True), Range(self.keys.unplaced(name))
@@ -127,6 +162,7 @@ class EtcdRegistry:
                     states[machine] = codec.decode_state(machine, name, found[0].value)
         return UnitView(record, placements, states, kv.mod_revision, reason)
 
+    @_measured("get_all")
     async def list_units(self) -> list[UnitView]:
         result = await self.client.read(
             Range(self.keys.units, prefix=True),
@@ -160,6 +196,7 @@ class EtcdRegistry:
             )
         return sorted(views, key=lambda v: v.record.name)
 
+    @_measured("set")
     async def create_unit(self, record: UnitRecord, body: str) -> bool:
         """Create the unit and its body; ``False`` (nothing written) if a unit of that name exists."""
         key = self.keys.unit(record.name)
@@ -169,6 +206,7 @@ class EtcdRegistry:
         )
         return result.succeeded
 
+    @_measured("set")
     async def replace_unit(self, record: UnitRecord, body: str, revision: int) -> None:
         """Overwrite the unit if it is still at ``revision``; ``Conflict`` otherwise."""
         key = self.keys.unit(record.name)
@@ -179,17 +217,22 @@ class EtcdRegistry:
         if not result.succeeded:
             raise Conflict(f"unit {record.name} changed while it was being replaced")
 
+    @_measured("set")
     async def set_desired(self, record: UnitRecord, revision: int) -> None:
         key = self.keys.unit(record.name)
         result = await self.client.txn([Compare(key, "mod", "==", revision)], [Put(key, codec.encode_unit(record))])
         if not result.succeeded:
             raise Conflict(f"unit {record.name} changed while its desired state was being set")
 
+    @_measured("set")
     async def destroy_unit(self, name: str) -> bool:
         """Delete the unit record; the engine unschedules it. ``False`` if there was no such unit."""
         key = self.keys.unit(name)
         result = await self.client.txn([Compare(key, "create", ">", 0)], [Delete(key)])
         return result.succeeded
+
+    async def list_watch_errors(self) -> list[WatchError]:
+        return await WatchedStore(self.client, self.keys).list_errors()
 
     # ---------------------------------------------------------------- unit states
 
@@ -273,6 +316,25 @@ class EtcdRegistry:
                 raise LeadershipLost("the engine leader key changed: another engine leads now")
             revisions.append(result.revision)
         return revisions
+
+    # ---------------------------------------------------------------- status and journal relay
+
+    async def open_request(self, machine: MachineID, request: RelayRequest) -> tuple[str, int]:
+        request_id = uuid.uuid4().hex
+        revision = await self.client.put(self.keys.request(machine, request_id), encode_request(request), request.lease)
+        return request_id, revision
+
+    async def replies(self, request_id: str, start_revision: int) -> AsyncIterator[tuple[str, bytes]]:
+        prefix = self.keys.replies(request_id)
+        async for event in self.client.watch(prefix, start_revision):
+            if not event.deleted:
+                yield event.key[len(prefix) :], event.value
+
+    def requests_prefix(self, machine: MachineID) -> Prefix[RelayRequest]:
+        return Prefix(self.keys.request(machine), lambda _tail, raw: decode_request(raw))
+
+    async def put_reply(self, request_id: str, tail: str, data: bytes, lease: int) -> None:
+        await self.client.put(self.keys.replies(request_id, tail), data, lease)
 
     # ---------------------------------------------------------------- mirrors
 

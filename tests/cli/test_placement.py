@@ -6,6 +6,8 @@ write nothing, ``set-metadata`` only the machine's dynamic metadata.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from fleetpy.registry.etcd import EtcdClient
@@ -78,6 +80,50 @@ async def test_plan_lists_the_changes_it_makes_to_other_units(ctl: Ctl, files: s
         "\tb.service would leave 4d389537.../10.0.0.1: replaced by Unit(new.service)\n"
         "\tb.service would be placed on e793afb9.../10.0.0.3: target state launched and unit not scheduled\n"
     )
+
+
+@pytest.mark.usefixtures("cluster")
+async def test_plan_as_json_for_scripts(ctl: Ctl, files: str) -> None:
+    with open(f"{files}/new.service", "w") as handle:
+        handle.write(SLEEP.format("new") + "[X-Fleet]\nReplaces=b.service\nMachineMetadata=disk=ssd\n")
+    result = await ctl("plan", "-o", "json", f"{files}/new.service")
+    assert (result.code, result.err) == (0, "")
+    assert json.loads(result.out) == {
+        "units": [
+            {
+                "name": "new.service",
+                "global": False,
+                "machines": [M1],
+                "kept": False,
+                "reason": None,
+                "verdicts": [
+                    {
+                        "machine": M3,
+                        "load": 0,
+                        "rule": "MachineMetadata",
+                        "message": "local Machine metadata insufficient",
+                    },
+                    {"machine": M1, "load": 1, "rule": None, "message": None},
+                    {"machine": M2, "load": 1, "rule": None, "message": None},
+                ],
+            }
+        ],
+        "actions": [
+            {
+                "type": "Schedule",
+                "unit": "new.service",
+                "machine": M1,
+                "reason": "target state launched and unit not scheduled",
+            },
+            {"type": "Unschedule", "unit": "b.service", "machine": M1, "reason": "replaced by Unit(new.service)"},
+            {
+                "type": "Schedule",
+                "unit": "b.service",
+                "machine": M3,
+                "reason": "target state launched and unit not scheduled",
+            },
+        ],
+    }
 
 
 @pytest.mark.usefixtures("cluster")
