@@ -364,9 +364,9 @@ class Agent:
         puts: list[UnitState] = []
         for name in managed:
             status = statuses.get(name)
-            if status is None:
-                continue
-            current = self.current[name]
+            current = self.current.get(name)
+            if status is None or current is None:
+                continue  # unloaded while systemd answered: it is published as removed below
             state = UnitState(
                 name, self.machine, status.load, status.active, status.sub, current.hash, current.achieved
             )

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,7 +24,7 @@ from fleetpy.unit import UnitOption
 
 log = logging.getLogger(__name__)
 API = "/fleet/v1"
-FLEETPY_API = "/fleetpy/v1"  # fleetpy's extensions (status and journal, fleetpy.api.relay)
+FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints: status and journal (api/relay.py), plan (api/plan.py)
 
 
 class ApiError(FleetError):
@@ -60,6 +60,7 @@ class ApiUnit:
     current: str = ""
     machine: str = ""
     options: tuple[UnitOption, ...] = ()
+    reason: str = ""  # fleetpy's: why the engine placed it nowhere
 
     @property
     def is_global(self) -> bool:
@@ -76,6 +77,40 @@ class ApiUnitState:
     load: str = ""
     active: str = ""
     sub: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiVerdict:
+    """How one machine fares for a unit in a plan: ``rule`` and ``message`` say why it is ruled out."""
+
+    machine: str
+    load: int
+    rule: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlannedUnit:
+    name: str
+    machines: tuple[str, ...]
+    kept: bool
+    reason: str
+    verdicts: tuple[ApiVerdict, ...]
+    is_global: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlannedAction:
+    type: str  # Schedule, Unschedule or Update
+    unit: str
+    machine: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlan:
+    units: tuple[ApiPlannedUnit, ...]
+    actions: tuple[ApiPlannedAction, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +149,7 @@ def decode_unit(obj: dict[str, Any]) -> ApiUnit:
         current=_s(obj, "currentState"),
         machine=_s(obj, "machineID"),
         options=options,
+        reason=_s(obj, "reason"),
     )
 
 
@@ -135,6 +171,41 @@ def decode_machine(obj: dict[str, Any]) -> ApiMachine:
         primary_ip=_s(obj, "primaryIP"),
         metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
     )
+
+
+def _options(options: Sequence[UnitOption]) -> list[dict[str, str]]:
+    return [{"section": o.section, "name": o.name, "value": o.value} for o in options]
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def decode_plan(obj: dict[str, Any]) -> ApiPlan:
+    units = tuple(
+        ApiPlannedUnit(
+            name=_s(u, "name"),
+            machines=tuple(str(m) for m in u.get("machines") or []),
+            kept=u.get("kept") is True,
+            reason=_s(u, "reason"),
+            verdicts=tuple(
+                ApiVerdict(_s(v, "machineID"), _int(v, "load"), _s(v, "rule"), _s(v, "message"))
+                for v in _dicts(u.get("verdicts"))
+            ),
+            is_global=u.get("global") is True,
+        )
+        for u in _dicts(obj.get("units"))
+    )
+    actions = tuple(
+        ApiPlannedAction(_s(a, "type"), _s(a, "unit"), _s(a, "machineID"), _s(a, "reason"))
+        for a in _dicts(obj.get("actions"))
+    )
+    return ApiPlan(units, actions)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -202,9 +273,15 @@ class Client:
         return self._session
 
     async def _request(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | list[Any] | None = None,
+        root: str = API,
     ) -> tuple[int, Any]:
-        url = f"{self.base}{API}{path}"
+        url = f"{self.base}{root}{path}"
         log.debug("%s %s %s", method, url, params or "")
         try:
             async with self._http().request(method, url, params=params, json=body) as response:
@@ -256,10 +333,7 @@ class Client:
         return decode_unit(payload if isinstance(payload, dict) else {})
 
     async def create_unit(self, name: str, options: Sequence[UnitOption], desired: DesiredState | None = None) -> None:
-        body: dict[str, Any] = {
-            "name": name,
-            "options": [{"section": o.section, "name": o.name, "value": o.value} for o in options],
-        }
+        body: dict[str, Any] = {"name": name, "options": _options(options)}
         if desired is not None:
             body["desiredState"] = desired.value
         await self._request("PUT", f"/units/{quote(name, safe='')}", body=body)
@@ -292,6 +366,27 @@ class Client:
                 return None
             raise
         return decode_state(payload if isinstance(payload, dict) else {})
+
+    async def set_metadata(self, machine: str, values: Mapping[str, str], removed: Sequence[str] = ()) -> None:
+        """Set dynamic metadata of ``machine`` (``PATCH /machines``), and remove the keys ``removed``."""
+        ops: list[dict[str, Any]] = [
+            {"op": "replace", "path": f"/{machine}/metadata/{key}", "value": {"value": value}}
+            for key, value in values.items()
+        ]
+        ops += [{"op": "remove", "path": f"/{machine}/metadata/{key}"} for key in removed]
+        await self._request("PATCH", "/machines", body=ops)
+
+    async def plan(self, units: Sequence[tuple[str, Sequence[UnitOption] | None]]) -> ApiPlan:
+        """fleetpy's ``POST /fleetpy/v1/plan``: where units would run and why (``api/plan.py``); units given
+        without options are the cluster's."""
+        body = {
+            "units": [
+                {"name": name} if options is None else {"name": name, "options": _options(options)}
+                for name, options in units
+            ]
+        }
+        _, payload = await self._request("POST", "/plan", body=body, root=FLEETPY_API)
+        return decode_plan(payload if isinstance(payload, dict) else {})
 
     async def watch_errors(self) -> list[ApiWatchError]:
         """fleetpy's own endpoint: files of watched directories that are not applied, and why."""

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from fleetpy.api.app import ApiSettings, make_app
 from fleetpy.config import DEFAULT_DEV_STATE_DIR
+from fleetpy.devhost import HOLD
 from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
@@ -301,6 +302,16 @@ class SandboxHost:
         )  # fmt: skip
         return '"running"' in result.stdout or '"degraded"' in result.stdout
 
+    def hold_fleetpyd(self) -> None:
+        """Keep the host's fleetpyd from being started or restarted (``devhost``), until released."""
+        with open(os.path.join(self.directory, HOLD), "w"):
+            pass
+
+    def release_fleetpyd(self) -> None:
+        """Let the host's init start fleetpyd again if it is not running (after its restart delay)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.directory, HOLD))
+
     def kill(self) -> None:
         """End the whole host at once: every process in its cgroup."""
         with contextlib.suppress(OSError), open(os.path.join(self.cgroup, "cgroup.kill"), "w") as handle:
@@ -375,6 +386,42 @@ def fleetpyd_command(config_path: str) -> list[str]:
     return [sys.executable, "-m", "fleetpy.cli.fleetpyd", "--config", config_path]
 
 
+def make_host(
+    state_dir: str,
+    index: int,
+    *,
+    etcd: str,
+    prefix: str,
+    agent_ttl: int,
+    metadata: str = "",
+    extra_config: Sequence[str] = (),
+) -> SandboxHost:
+    """Host number ``index`` of a dev cluster (not started): ``STATE_DIR/hosts/h<index>``, public IP
+    ``127.77.0.<10 + index>``, a fleetpy.conf for the cluster's etcd and prefix. Also how a machine joins a
+    running cluster later."""
+    name = f"h{index}"
+    directory = os.path.join(state_dir, "hosts", name)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    public_ip = f"127.77.0.{10 + index}"
+    config = [
+        f"etcd_servers = {etcd}",
+        f"etcd_key_prefix = {prefix}",
+        "systemd_user = true",
+        f"public_ip = {public_ip}",
+        f'metadata = "{metadata}"',
+        f"agent_ttl = {agent_ttl}s",
+        *extra_config,
+    ]
+    config_path = os.path.join(directory, "fleetpy.conf")
+    with open(config_path, "w") as handle:
+        handle.write("\n".join(config) + "\n")
+    # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
+    # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
+    env = {"ETCDCTL_ENDPOINTS": etcd}
+    return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The cluster
 
@@ -428,28 +475,16 @@ class DevCluster:
             )
 
     def new_host(self, index: int) -> SandboxHost:
-        name = f"h{index}"
-        directory = os.path.join(self.state_dir, "hosts", name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        public_ip = f"127.77.0.{10 + index}"
         metadata = self.options.metadata[(index - 1) % len(self.options.metadata)] if self.options.metadata else ""
-        config = [
-            f"etcd_servers = {self.etcd_endpoint}",
-            f"etcd_key_prefix = {self.options.prefix}",
-            "systemd_user = true",
-            f"public_ip = {public_ip}",
-            f'metadata = "{metadata}"',
-            f"agent_ttl = {self.options.agent_ttl}s",
-            *self.options.extra_config,
-        ]
-        config_path = os.path.join(directory, "fleetpy.conf")
-        with open(config_path, "w") as handle:
-            handle.write("\n".join(config) + "\n")
-        # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
-        # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
-        env = {"ETCDCTL_ENDPOINTS": self.etcd_endpoint}
-        return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
+        return make_host(
+            self.state_dir,
+            index,
+            etcd=self.etcd_endpoint,
+            prefix=self.options.prefix,
+            agent_ttl=self.options.agent_ttl,
+            metadata=metadata,
+            extra_config=self.options.extra_config,
+        )
 
     def write_description(self) -> None:
         description = {

@@ -4,12 +4,15 @@
 cgroup2 group. Here it gives the host its own ``/run``, a cgroup2 mount rooted at the host's group (without it a
 ``systemd --user`` would rearrange the cgroups of the whole machine), its own ``/etc/machine-id`` and hostname,
 then starts ``systemd --user`` and, once systemd's bus answers, the host's ``fleetpyd``. As init it reaps
-orphans, restarts ``fleetpyd`` when it dies of a failure (as ``Restart=on-failure`` would), and on SIGTERM stops
-``fleetpyd`` and exits, which ends every process of the host.
+orphans, restarts ``fleetpyd`` one second after it dies of a failure (as ``Restart=on-failure`` would), and on
+SIGTERM stops ``fleetpyd`` and exits, which ends every process of the host.
 
 Its configuration is ``HOSTDIR/host.json``: ``hostname``, ``env`` (extra environment), ``fleetpyd`` (the
 command, or empty for a host with systemd only) and ``private_etc`` (an overlay on ``/etc`` whose changes stay
-in the host, for a fleetpyd that writes files there, as ``--cloud-config`` does).
+in the host, for a fleetpyd that writes files there, as ``--cloud-config`` does). While the file
+``HOSTDIR/hold-fleetpyd`` exists, init does not start (or restart) ``fleetpyd``; once it is removed, a start that
+is due happens. Tests use it to keep a killed daemon down (``SandboxHost.hold_fleetpyd``), as an administrator
+would stop a service's restarts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from fleetpy.errors import FleetError
 from fleetpy.systemd.dbus import DbusSystemd
 
 RUNTIME = "/run/user/0"
+HOLD = "hold-fleetpyd"
 JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_STDOUT = "/run/systemd/journal/stdout"
 # Volatile storage only (in the host's own /run): the machine's /var/log/journal must never be written to.
@@ -125,7 +129,9 @@ def main(argv: list[str]) -> int:
     command: list[str] = config.get("fleetpyd") or []
     daemon: subprocess.Popen[bytes] | None = None
     stopping = False
+    due = bool(command)  # fleetpyd should be started (at restart_at, unless held)
     restart_at = 0.0
+    hold = os.path.join(host_dir, HOLD)
 
     def start_daemon() -> subprocess.Popen[bytes]:
         out = open(os.path.join(host_dir, "fleetpyd.log"), "ab", buffering=0)  # noqa: SIM115
@@ -140,8 +146,6 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    if command:
-        daemon = start_daemon()
     while True:
         # Reap every child (orphans of the host are re-parented to us).
         while True:
@@ -156,7 +160,7 @@ def main(argv: list[str]) -> int:
                 failed = daemon.returncode != 0
                 daemon = None
                 if failed and not stopping:
-                    restart_at = time.monotonic() + 1.0
+                    due, restart_at = True, time.monotonic() + 1.0
             elif pid == systemd.pid:
                 return 1  # without systemd the host is gone
         if stopping:
@@ -167,8 +171,8 @@ def main(argv: list[str]) -> int:
                 except subprocess.TimeoutExpired:
                     daemon.kill()
             return 0
-        if daemon is None and restart_at and time.monotonic() >= restart_at:
-            restart_at = 0.0
+        if daemon is None and due and time.monotonic() >= restart_at and not os.path.exists(hold):
+            due = False
             daemon = start_daemon()
         time.sleep(0.1)
 

@@ -121,6 +121,7 @@ async def _unit_json(request: web.Request, view: UnitView) -> dict[str, Any]:
         current=view.current,
         machine=view.machine,
         options=await _options_of(request, view),
+        reason=view.reason if not view.placements else "",
     )
 
 
@@ -310,6 +311,10 @@ async def list_watch_errors(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.Application:
+    # Handlers in other modules of fleetpy.api use this module's keys and errors: imported here, not above.
+    from fleetpy.api import plan
+    from fleetpy.api.machines import patch_machines
+
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app[REGISTRY] = registry
     app[SETTINGS] = settings or ApiSettings()
@@ -319,6 +324,7 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
             "*", f"{prefix}/discovery", _method_not_allowed("only HTTP GET supported against this resource", 400)
         )
         app.router.add_route("GET", f"{prefix}/machines", list_machines)
+        app.router.add_route("PATCH", f"{prefix}/machines", patch_machines)
         app.router.add_route(
             "*", f"{prefix}/machines", _method_not_allowed("only GET and PATCH supported against this resource")
         )
@@ -345,6 +351,7 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
         app.router.add_route("*", prefix, _method_not_allowed(""))
     relay.add_routes(app, registry)
     metrics.add_routes(app, registry, app[SETTINGS].metrics)
+    plan.add_routes(app)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +21,8 @@ import click
 from fleetpy.cli.output import tabwrite
 from fleetpy.client import ApiError, ApiMachine, Client, EndpointUnavailable
 from fleetpy.config import DEFAULT_API_SOCKET
-from fleetpy.errors import FleetError
+from fleetpy.errors import FleetError, InvalidUnit
+from fleetpy.unit import FLEETCTL_SUFFIXES, UnitFile, mangle_name, name_info
 
 DEFAULT_ENDPOINT = f"unix://{DEFAULT_API_SOCKET}"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -132,3 +134,41 @@ def output_option(function: Callable[..., Any]) -> Callable[..., Any]:
         help="table: fleetctl's table; json: a JSON array, one object per row with the --fields as keys, "
         "values unshortened, null where the table shows '-'.",
     )(function)
+
+
+# Unit files on disk, as fleetctl finds them (FLEET-SPEC §1.6): shared by the commands that create units and plan.
+
+
+def resolve_argument(argument: str) -> tuple[str, str]:
+    """(unit name, path of its local file). A file given by its path keeps its own name (so an invalid
+    name is reported as such); any other argument gets fleetctl's name mangling."""
+    if os.path.isfile(argument):
+        return os.path.basename(argument), argument
+    path = argument if argument.endswith(FLEETCTL_SUFFIXES) else argument + ".service"
+    return mangle_name(argument), path
+
+
+def read_unit_file(path: str) -> UnitFile:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise CliError(f"Error creating units: unit file {path} is not valid UTF-8 text") from None
+    except OSError as exc:
+        raise CliError(f"Error creating units: cannot read {path}: {exc.strerror}") from None
+    try:
+        return UnitFile.from_text(text)
+    except InvalidUnit as exc:
+        raise CliError(f"Error creating units: invalid unit file {path}: {exc}") from None
+
+
+def local_unit(name: str, path: str) -> tuple[UnitFile | None, str]:
+    """The unit file on disk for ``name`` (for an instance, its template's), and the path it came from."""
+    if os.path.isfile(path):
+        return read_unit_file(path), path
+    info = name_info(name)
+    if info.is_instance:
+        template_path = os.path.join(os.path.dirname(path), info.template)
+        if os.path.isfile(template_path):
+            return read_unit_file(template_path), template_path
+    return None, ""

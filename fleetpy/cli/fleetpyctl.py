@@ -24,9 +24,11 @@ from fleetpy.cli.common import (
     CliError,
     Ctl,
     SshOptions,
+    local_unit,
     output_option,
     print_json,
     print_table,
+    resolve_argument,
     run,
     tls_context,
 )
@@ -35,7 +37,6 @@ from fleetpy.client import ApiError, ApiUnit, Client, EndpointUnavailable
 from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState
 from fleetpy.unit import (
-    FLEETCTL_SUFFIXES,
     UnitFile,
     mangle_name,
     name_info,
@@ -242,7 +243,7 @@ def help_command(ctx: click.Context, command: str | None) -> None:
 
 
 MACHINE_FIELDS = ("machine", "ip", "metadata")
-UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "state", "target", "tmachine", "unit")
+UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "reason", "state", "target", "tmachine", "unit")
 UNIT_FIELDS = ("active", "hash", "load", "machine", "sub", "unit")
 
 
@@ -355,6 +356,7 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
                     "dstate": unit.desired or "-",
                     "global": "true" if is_global else "false",
                     "hash": unit_file.hash if full else unit_file.hash[:7],
+                    "reason": unit.reason or "-",
                     "state": state or "-",
                     "target": target,
                     "tmachine": target,
@@ -367,6 +369,7 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
                     "dstate": unit.desired or None,
                     "global": is_global,
                     "hash": unit_file.hash,
+                    "reason": unit.reason or None,
                     "state": state,
                     "target": target_id,
                     "tmachine": target_id,
@@ -456,41 +459,6 @@ def cat(ctx: click.Context, units: tuple[str, ...]) -> None:
 
 
 # -------------------------------------------------------------------------------------------------- creating units
-
-
-def resolve_argument(argument: str) -> tuple[str, str]:
-    """(unit name, path of its local file). A file given by its path keeps its own name (so an invalid
-    name is reported as such); any other argument gets fleetctl's name mangling."""
-    if os.path.isfile(argument):
-        return os.path.basename(argument), argument
-    path = argument if argument.endswith(FLEETCTL_SUFFIXES) else argument + ".service"
-    return mangle_name(argument), path
-
-
-def read_unit_file(path: str) -> UnitFile:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except UnicodeDecodeError:
-        raise CliError(f"Error creating units: unit file {path} is not valid UTF-8 text") from None
-    except OSError as exc:
-        raise CliError(f"Error creating units: cannot read {path}: {exc.strerror}") from None
-    try:
-        return UnitFile.from_text(text)
-    except InvalidUnit as exc:
-        raise CliError(f"Error creating units: invalid unit file {path}: {exc}") from None
-
-
-def local_unit(name: str, path: str) -> tuple[UnitFile | None, str]:
-    """The unit file on disk for ``name`` (for an instance, its template's), and the path it came from."""
-    if os.path.isfile(path):
-        return read_unit_file(path), path
-    info = name_info(name)
-    if info.is_instance:
-        template_path = os.path.join(os.path.dirname(path), info.template)
-        if os.path.isfile(template_path):
-            return read_unit_file(template_path), template_path
-    return None, ""
 
 
 REPLACEABLE = {
@@ -990,12 +958,15 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
 def _register_commands() -> None:
     """Commands that live in modules of their own."""
     from fleetpy.cli.cloudconfig import cloud_config
+    from fleetpy.cli.placement import plan, set_metadata
     from fleetpy.cli.watched import list_watch_errors
 
     for command in remote.COMMANDS:
         main.add_command(command)
     main.add_command(cloud_config)
     main.add_command(list_watch_errors)
+    main.add_command(plan)
+    main.add_command(set_metadata)
 
 
 _register_commands()

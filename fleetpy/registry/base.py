@@ -7,7 +7,7 @@ protocol, not on one wide interface. ``registry.store.EtcdRegistry`` implements 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView
@@ -72,6 +72,9 @@ class EngineRegistry(LeaseRegistry, Protocol):
 
     def engine_ops(self, action: EngineAction) -> list[Op]: ...
 
+    def reason_ops(self, reasons: Mapping[str, str], cleared: Iterable[str]) -> list[Op]:
+        """Operations that store why units are not placed, and delete the reasons of ``cleared`` units."""
+
     async def apply_fenced(self, ops: Sequence[Op], fence: int) -> list[int]:
         """Write ``ops`` in transactions fenced on the leader key; ``LeadershipLost`` if the fence broke."""
 
@@ -84,6 +87,9 @@ class EngineRegistry(LeaseRegistry, Protocol):
     def all_schedule_prefix(self) -> Prefix[ScheduleEntry]: ...
 
     def states_presence_prefix(self) -> Prefix[None]: ...
+
+    def unplaced_prefix(self) -> Prefix[str]:
+        """A mirror prefix of the stored reasons: unit → why it is not placed."""
 
     def mirror(self, prefixes: Sequence[Prefix[Any]]) -> Mirror: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fleetpy.errors import Conflict, LeadershipLost
@@ -138,11 +138,14 @@ class EtcdRegistry:
 
     @_measured("get")
     async def get_unit(self, name: str) -> UnitView | None:
-        result = await self.client.read(Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True))
+        result = await self.client.read(
+            Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True), Range(self.keys.unplaced(name))
+        )
         if not result.ranges[0]:
             return None
         kv = result.ranges[0][0]
         record = codec.decode_unit(name, kv.value)
+        reason = result.ranges[2][0].value.decode(errors="replace") if result.ranges[2] else ""
         machines = [MachineID(Keys.tail(p.key, self.keys.placed(name))) for p in result.ranges[1]]
         placements: dict[MachineID, ScheduleEntry] = {}
         states: dict[MachineID, UnitState] = {}
@@ -157,7 +160,7 @@ class EtcdRegistry:
             for machine, found in zip(machines, extra.ranges[len(machines) :], strict=True):
                 if found:
                     states[machine] = codec.decode_state(machine, name, found[0].value)
-        return UnitView(record, placements, states, kv.mod_revision)
+        return UnitView(record, placements, states, kv.mod_revision, reason)
 
     @_measured("get_all")
     async def list_units(self) -> list[UnitView]:
@@ -165,7 +168,11 @@ class EtcdRegistry:
             Range(self.keys.units, prefix=True),
             Range(self.keys.schedule_all, prefix=True),
             Range(self.keys.states_all, prefix=True),
+            Range(self.keys.unplaced_all, prefix=True),
         )
+        reasons = {
+            Keys.tail(kv.key, self.keys.unplaced_all): kv.value.decode(errors="replace") for kv in result.ranges[3]
+        }
         placements: dict[str, dict[MachineID, ScheduleEntry]] = {}
         for kv in result.ranges[1]:
             machine, unit = self.keys.schedule_key_parts(kv.key)
@@ -184,7 +191,9 @@ class EtcdRegistry:
             except ValueError as exc:
                 log.warning("ignoring %s: %s", kv.key, exc)
                 continue
-            views.append(UnitView(record, placements.get(name, {}), states.get(name, {}), kv.mod_revision))
+            views.append(
+                UnitView(record, placements.get(name, {}), states.get(name, {}), kv.mod_revision, reasons.get(name, ""))
+            )
         return sorted(views, key=lambda v: v.record.name)
 
     @_measured("set")
@@ -291,6 +300,11 @@ class EtcdRegistry:
             Put(self.keys.placed(entry.unit, entry.machine), b""),
         ]
 
+    def reason_ops(self, reasons: Mapping[str, str], cleared: Iterable[str]) -> list[Op]:
+        """Write why units are not placed (``P/unplaced/<unit>``), and delete the reasons of ``cleared``."""
+        ops: list[Op] = [Put(self.keys.unplaced(unit), reason.encode()) for unit, reason in sorted(reasons.items())]
+        return ops + [Delete(self.keys.unplaced(unit)) for unit in sorted(cleared)]
+
     async def apply_fenced(self, ops: Sequence[Op], fence: int) -> list[int]:
         """Write ``ops`` in as few transactions as etcd allows, each fenced on the leader key; return the
         revision of each transaction. ``LeadershipLost`` if the fence no longer holds."""
@@ -342,6 +356,9 @@ class EtcdRegistry:
             return codec.decode_entry(MachineID(machine), unit, raw)
 
         return Prefix(self.keys.schedule_all, decode)
+
+    def unplaced_prefix(self) -> Prefix[str]:
+        return Prefix(self.keys.unplaced_all, lambda _tail, raw: raw.decode(errors="replace"))
 
     def states_presence_prefix(self) -> Prefix[None]:
         return Prefix(self.keys.states_all, lambda _tail, _raw: None)
