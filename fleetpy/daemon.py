@@ -34,7 +34,7 @@ from fleetpy.keys import Keys
 from fleetpy.machine import detect_public_ip, read_machine_id
 from fleetpy.metrics import Metrics, new_metrics
 from fleetpy.model import MachineID
-from fleetpy.registry.etcd import EtcdClient
+from fleetpy.registry.etcd import EtcdClient, EtcdTls
 from fleetpy.registry.store import EtcdRegistry
 from fleetpy.registry.watched import WatchedStore
 from fleetpy.systemd.dbus import DbusSystemd
@@ -148,6 +148,7 @@ async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
         timeout=settings.etcd_request_timeout,
         username=settings.etcd_username,
         password=settings.etcd_password,
+        tls=EtcdTls(settings.etcd_cafile, settings.etcd_certfile, settings.etcd_keyfile),
         metrics=metrics,
     )
     registry = EtcdRegistry(client, Keys(settings.etcd_key_prefix), metrics)

@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy.api.app import ApiSettings, make_app
-from fleetpy.config import DEFAULT_DEV_STATE_DIR
+from fleetpy.config import DEFAULT_DEV_STATE_DIR, parse_list
 from fleetpy.devhost import HOLD
 from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
@@ -511,7 +511,7 @@ class DevCluster:
             self.etcd = EtcdServer(os.path.join(self.state_dir, "etcd"))
             self.etcd.start()
             self.etcd_endpoint = self.etcd.endpoint
-        self._client = EtcdClient([self.etcd_endpoint])
+        self._client = EtcdClient(parse_list(self.etcd_endpoint))
         registry = EtcdRegistry(self._client, Keys(self.options.prefix))
         await self._serve_api(registry)
         for index in range(1, self.options.machines + 1):
