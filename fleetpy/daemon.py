@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import grp
 import logging
 import os
 import signal
@@ -24,9 +25,10 @@ from aiohttp import web
 from fleetpy import __version__
 from fleetpy.agent import Agent, Presence, local_machine
 from fleetpy.api.app import ApiSettings, make_app
+from fleetpy.api.auth import ApiAuth
 from fleetpy.bootstrap import submit_units
 from fleetpy.cloudconfig import CloudUnit
-from fleetpy.config import Settings
+from fleetpy.config import Settings, tcp_listener_problem
 from fleetpy.engine import Engine
 from fleetpy.errors import ConfigError
 from fleetpy.inspector import Inspector
@@ -107,10 +109,54 @@ def listen_sockets() -> list[socket.socket]:
     return sockets
 
 
+def _group_id(group: str) -> int | None:
+    if not group:
+        return None
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"api_socket_group {group!r}: no such group") from None
+
+
+def bind_unix_socket(path: str, mode: int, group: str) -> socket.socket:
+    """The API's unix socket, bound under a umask that lets nobody else in, then given its mode and group: there
+    is no moment at which it is more open than configured."""
+    gid = _group_id(group)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(previous)
+    os.chmod(path, mode)
+    if gid is not None:
+        os.chown(path, -1, gid)
+    return sock
+
+
+def api_auth(settings: Settings) -> ApiAuth:
+    return ApiAuth.from_files(
+        cert_file=settings.api_tls_cert_file,
+        key_file=settings.api_tls_key_file,
+        client_ca_file=settings.api_tls_client_ca_file,
+        tokens_file=settings.api_tokens_file,
+    )
+
+
 async def start_api(
-    registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool], metrics: Metrics | None = None
+    registry: EtcdRegistry,
+    settings: Settings,
+    ready: Callable[[], bool],
+    metrics: Metrics | None = None,
+    auth: ApiAuth | None = None,
 ) -> web.AppRunner:
-    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready, metrics=metrics))
+    auth = auth or api_auth(settings)
+    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready, metrics=metrics, auth=auth))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     inherited: set[object] = set()
@@ -118,22 +164,24 @@ async def start_api(
         # A listener systemd holds for us: serve it, and do not bind the same address a second time.
         address = sock.getsockname()
         inherited.add(address if isinstance(address, str) else (address[0], address[1]))
-        await web.SockSite(runner, sock).start()
+        tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        if tcp:
+            problem = tcp_listener_problem(settings, address[0], tls=auth.tls is not None)
+            if problem:
+                raise ConfigError(f"the socket-activated listener {address[0]}:{address[1]} {problem}")
+        await web.SockSite(runner, sock, ssl_context=auth.tls if tcp else None).start()
         log.info("API listening on %s (socket activation)", address)
     if settings.api_socket and settings.api_socket not in inherited:
         path = settings.api_socket
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        await web.UnixSite(runner, path).start()
-        os.chmod(path, settings.api_socket_mode)
-        log.info("API listening on unix://%s", path)
+        sock = bind_unix_socket(path, settings.api_socket_mode, settings.api_socket_group)
+        await web.SockSite(runner, sock).start()
+        log.info("API listening on unix://%s (mode %o)", path, settings.api_socket_mode)
     for listen in settings.api_listen:
         host, _, port = listen.rpartition(":")
         if (host.strip("[]"), int(port)) in inherited:
             continue
-        await web.TCPSite(runner, host.strip("[]"), int(port)).start()
-        log.info("API listening on http://%s", listen)
+        await web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=auth.tls).start()
+        log.info("API listening on %s://%s", "https" if auth.tls else "http", listen)
     return runner
 
 
