@@ -58,6 +58,7 @@ class ApiMachine:
     id: str
     primary_ip: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # unit → why the machine will not run it
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,10 +174,12 @@ def decode_state(obj: dict[str, Any]) -> ApiUnitState:
 
 def decode_machine(obj: dict[str, Any]) -> ApiMachine:
     metadata = obj.get("metadata") or {}
+    refused = obj.get("refusedUnits") or {}
     return ApiMachine(
         id=_s(obj, "id"),
         primary_ip=_s(obj, "primaryIP"),
         metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
+        refused={str(k): str(v) for k, v in refused.items()} if isinstance(refused, dict) else {},
     )
 
 

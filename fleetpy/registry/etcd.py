@@ -67,8 +67,13 @@ def _translate(exc: BaseException, what: str) -> Exception:
         return RegistryAccessDenied(f"etcd refused the request ({what}: {message}){hint}")
     if any(text in message for text in _NO_QUORUM):
         return RegistryUnavailable(f"etcd has no quorum ({what}: {message})")
-    if isinstance(exc, aetcd.exceptions.InvalidArgumentError) or (
-        isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+    if (
+        isinstance(exc, aetcd.exceptions.InvalidArgumentError)
+        or (
+            isinstance(exc, grpc.aio.AioRpcError)
+            and exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+        )
+        or "not found" in message  # etcdserver: requested lease not found
     ):
         return ValueError(f"etcd rejected {what}: {message}")
     return RegistryUnavailable(f"etcd unavailable ({what}: {message})")
