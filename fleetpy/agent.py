@@ -177,6 +177,11 @@ class Agent:
         systemd.on_change(self._on_systemd_change)
         presence.on_new_lease(self._republish_all)
 
+    @property
+    def watch_events(self) -> int:
+        """Watch events this agent has received: only its own schedule's, by construction."""
+        return self._mirror.events
+
     # ------------------------------------------------------------------ start-up
 
     async def connect_systemd(self) -> None:

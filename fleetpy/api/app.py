@@ -322,6 +322,9 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
             "*", f"{prefix}/state/{{name}}", _method_not_allowed("only GET supported against this resource")
         )
         app.router.add_route("*", prefix, _method_not_allowed(""))
+    from fleetpy.api import batch  # imports this module's handlers; imported here to avoid a cycle
+
+    app.add_subapp(batch.PREFIX, batch.make_subapp(registry, app[SETTINGS]))
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

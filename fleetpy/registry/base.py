@@ -108,6 +108,12 @@ class ApiRegistry(Protocol):
     async def set_desired(self, record: UnitRecord, revision: int) -> None:
         """Write the record if still at ``revision``; ``Conflict`` otherwise."""
 
+    async def unit_records(self) -> dict[str, tuple[UnitRecord, int]]:
+        """Every unit record with its mod revision."""
+
+    async def write_units(self, items: Sequence[tuple[UnitRecord, str, int]]) -> int:
+        """Create or overwrite units in batched transactions, each unit compared on its revision."""
+
     async def destroy_unit(self, name: str) -> bool:
         """Delete the unit; ``False`` if there was none."""
 

@@ -89,6 +89,7 @@ class Mirror:
         self.prefixes = list(prefixes)
         self.changed = asyncio.Event()
         self.loaded = asyncio.Event()
+        self.events = 0  # watch events received: what the scale benchmark counts
 
     async def load(self) -> None:
         result = await self.client.read(*(Range(p.prefix, prefix=True) for p in self.prefixes))
@@ -121,6 +122,7 @@ class Mirror:
         try:
             async for event in self.client.watch(prefix.prefix, prefix.revision + 1):
                 prefix.apply(event)
+                self.events += 1
                 self.changed.set()
         except Compacted:
             log.info("watch on %s was compacted: reading it again", prefix.prefix)

@@ -160,6 +160,45 @@ class EtcdRegistry:
         )
         return result.succeeded
 
+    async def unit_records(self) -> dict[str, tuple[UnitRecord, int]]:
+        """Every unit record with its mod revision (for compare-and-swap), without placements or states."""
+        _, kvs = await self.client.get_prefix(self.keys.units)
+        result = {}
+        for kv in kvs:
+            name = Keys.tail(kv.key, self.keys.units)
+            try:
+                result[name] = (codec.decode_unit(name, kv.value), kv.mod_revision)
+            except ValueError as exc:
+                log.warning("ignoring %s: %s", kv.key, exc)
+        return result
+
+    async def write_units(self, items: Sequence[tuple[UnitRecord, str, int]]) -> int:
+        """Create or overwrite many units in as few transactions as etcd allows; return how many transactions.
+
+        Each item is (record, body, revision): the unit's mod revision when it was read, 0 if it must not exist
+        yet; an empty body means the body is already stored. ``Conflict`` if any unit changed meanwhile (the
+        transactions before it have been applied).
+        """
+        per_txn = MAX_TXN_OPS // 2  # a unit needs its record and, at most, one body
+        transactions = 0
+        for start in range(0, len(items), per_txn):
+            chunk = items[start : start + per_txn]
+            compares = []
+            ops: list[Op] = []
+            bodies: dict[str, str] = {}
+            for record, body, revision in chunk:
+                key = self.keys.unit(record.name)
+                compares.append(Compare(key, "mod", "==", revision) if revision else Compare(key, "create", "==", 0))
+                if body:
+                    bodies.setdefault(record.hash, body)
+                ops.append(Put(key, codec.encode_unit(record)))
+            ops[:0] = [Put(self.keys.body(h), text.encode()) for h, text in bodies.items()]
+            result = await self.client.txn(compares, ops)
+            if not result.succeeded:
+                raise Conflict("units changed while the batch was being written; nothing of this part was written")
+            transactions += 1
+        return transactions
+
     async def replace_unit(self, record: UnitRecord, body: str, revision: int) -> None:
         """Overwrite the unit if it is still at ``revision``; ``Conflict`` otherwise."""
         key = self.keys.unit(record.name)
