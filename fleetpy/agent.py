@@ -318,13 +318,14 @@ class Agent:
             await asyncio.sleep(0.02)  # gather a burst of signals into one batch
             self._report.clear()
             names, self._dirty = self._dirty, set()
+            # Names marked dirty while this batch is published stay in self._dirty for the next round: a
+            # state read before a change must never clear the mark the change left.
             async for attempt in until_success(
                 RegistryUnavailable, SystemdUnavailable, log=log, what="publishing unit states", cap=2.0
             ):
                 with attempt:
                     await self.systemd.connect()
-                    await self._publish(names | self._dirty)
-            self._dirty -= names
+                    await self._publish(names)
 
     async def _publish(self, names: set[str]) -> None:
         await self.presence.registered.wait()
