@@ -231,7 +231,10 @@ class Agent:
         if not self._mirror.loaded.is_set():
             return None  # nothing known about the schedule yet: never act on no data
         desired = {name: Desired(e.hash, e.desired) for name, e in self._schedule.items.items()}
-        for action in agent_plan(desired, self.current):
+        actions = agent_plan(desired, self.current)
+        # Fetch every body this pass loads in a few reads rather than one read per unit.
+        await self.registry.get_bodies(a.hash for a in actions if a.kind == ActionKind.LOAD)
+        for action in actions:
             try:
                 await self._execute(action)
             except SystemdUnavailable:

@@ -136,7 +136,9 @@ class HollowFleet:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    workdir = args.workdir or tempfile.mkdtemp(prefix="fleetpy-hollow-")
+    # Unit files go to memory, as /run/fleetpy/units does on a real host (a disk makes file creation the cost).
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 - start-up
+    workdir = args.workdir or tempfile.mkdtemp(prefix="fleetpy-hollow-", dir=scratch)
     client = EtcdClient(args.etcd.split(","), timeout=10)
     metadata = dict(item.split("=", 1) for item in args.metadata.split(",") if "=" in item) if args.metadata else {}
     fleet = HollowFleet(

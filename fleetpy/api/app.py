@@ -27,7 +27,8 @@ from fleetpy.unit import UnitFile, UnitOption, name_info, validate_name, validat
 log = logging.getLogger(__name__)
 
 PREFIXES = ("/fleet/v1", "/v1-alpha")
-MAX_BODY = 1024 * 1024
+MAX_BODY = 1024 * 1024  # fleet's API requests
+MAX_REQUEST = 64 * 1024 * 1024  # the batch endpoint's; every handler enforces its own limit
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REGISTRY: web.AppKey[ApiRegistry] = web.AppKey("registry")
@@ -85,8 +86,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(503, f"fleet server unable to communicate with etcd: {exc}")
     except HttpError as exc:
         response = error_response(exc.status, _message(exc))
-    except web.HTTPRequestEntityTooLarge:
-        response = error_response(413, f"request body larger than {MAX_BODY} bytes")
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_response(413, exc.text or "request body too large")
     except web.HTTPException as exc:
         response = error_response(exc.status, "")
     except FleetError as exc:
@@ -177,13 +178,17 @@ async def delete_unit(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-async def _read_json(request: web.Request) -> dict[str, Any]:
+async def _read_json(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     content_types = request.headers.getall("Content-Type", [])
     if len(content_types) != 1:
         raise HttpError(415, f"expected 1 Content-Type, got {len(content_types)}")
     if content_types[0].split(";", 1)[0].strip().lower() != "application/json":
         raise HttpError(415, "only acceptable Content-Type is application/json")
     raw = await request.read()
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -297,7 +302,7 @@ async def get_state(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_REQUEST)
     app[REGISTRY] = registry
     app[SETTINGS] = settings or ApiSettings()
     for prefix in PREFIXES:
@@ -324,7 +329,7 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
         app.router.add_route("*", prefix, _method_not_allowed(""))
     from fleetpy.api import batch  # imports this module's handlers; imported here to avoid a cycle
 
-    app.add_subapp(batch.PREFIX, batch.make_subapp(registry, app[SETTINGS]))
+    app.router.add_route("POST", f"{batch.PREFIX}/units", batch.post_units)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

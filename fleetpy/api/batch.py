@@ -16,25 +16,21 @@ from aiohttp import web
 
 from fleetpy.api import schema
 from fleetpy.api.app import (
+    MAX_REQUEST,
     REGISTRY,
-    SETTINGS,
-    ApiSettings,
     _check_template,
     _desired,
     _read_json,
     _record,
     _unit_from_options,
-    errors_middleware,
     json_response,
 )
 from fleetpy.api.schema import BadRequest
 from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState, UnitRecord
-from fleetpy.registry.base import ApiRegistry
 from fleetpy.unit import validate_name
 
 PREFIX = "/fleetpy/v1"
-MAX_BATCH_BODY = 64 * 1024 * 1024
 MAX_UNITS = 100_000
 
 
@@ -56,7 +52,7 @@ def _parse(item: Any, index: int) -> tuple[str, list[Any], DesiredState | None]:
 
 async def post_units(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
-    body = await _read_json(request)
+    body = await _read_json(request, limit=MAX_REQUEST)
     raw = body.get("units")
     if not isinstance(raw, list):
         raise BadRequest("unable to decode body: units must be a list")
@@ -99,11 +95,3 @@ async def post_units(request: web.Request) -> web.StreamResponse:
             counts["unchanged"] += 1
     await registry.write_units(writes)
     return json_response(counts)
-
-
-def make_subapp(registry: ApiRegistry, settings: ApiSettings) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BATCH_BODY)
-    app[REGISTRY] = registry
-    app[SETTINGS] = settings
-    app.router.add_route("POST", "/units", post_units)
-    return app

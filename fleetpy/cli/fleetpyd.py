@@ -115,7 +115,7 @@ def version() -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--machines", "-n", default=3, show_default=True, type=click.IntRange(1, 30), help="Sandbox hosts.")
+@click.option("--machines", "-n", default=3, show_default=True, type=click.IntRange(0, 30), help="Sandbox hosts.")
 @click.option(
     "--state-dir",
     default=DEFAULT_DEV_STATE_DIR,
@@ -146,6 +146,20 @@ def version() -> None:
     help="Extra fleetpy.conf line for every host (repeatable).",
 )
 @click.option("--etcd", default="", metavar="URL", help="Use this etcd instead of starting one.")
+@click.option(
+    "--hollow",
+    default=0,
+    type=click.IntRange(0, 5000),
+    metavar="N",
+    help="Also N hollow machines: the real agent on a SIMULATED systemd, for scale work only.",
+)
+@click.option(
+    "--hollow-start-delay",
+    default=0.0,
+    type=float,
+    metavar="SECONDS",
+    help="How long a simulated start job takes on hollow machines.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def dev(
     machines: int,
@@ -156,6 +170,8 @@ def dev(
     metadata: tuple[str, ...],
     extra_config: tuple[str, ...],
     etcd: str,
+    hollow: int,
+    hollow_start_delay: float,
     verbose: bool,
 ) -> None:
     """Run a local cluster: an embedded etcd and N sandbox hosts, each a real fleetpyd with its own
@@ -168,6 +184,7 @@ def dev(
     Examples:
       fleetpyd dev
       fleetpyd dev --machines 5 --metadata region=eu --metadata region=us
+      fleetpyd dev --machines 0 --hollow 1000     # 1,000 simulated machines (scale work)
     """
     from fleetpy.daemon import setup_logging
     from fleetpy.devcluster import DevCluster, DevOptions, run_dev
@@ -184,12 +201,16 @@ def dev(
         metadata=metadata,
         extra_config=extra_config,
         etcd=etcd,
+        hollow=hollow,
+        hollow_start_delay=hollow_start_delay,
     )
 
     def ready(cluster: DevCluster) -> None:
         click.echo(f"fleetpy dev cluster ready: {len(cluster.hosts)} machines, etcd {cluster.etcd_endpoint}")
         for host in cluster.hosts:
             click.echo(f"  {host.name}  {host.machine_id}  {host.public_ip}  bus {host.bus}")
+        if cluster.hollow_machines:
+            click.echo(f"  + {len(cluster.hollow_machines)} hollow machines (simulated systemd, for scale work)")
         click.echo(f"  API: unix://{cluster.api_socket}")
         click.echo(f"  described in {cluster.cluster_file}")
         if cluster.api_socket != DEFAULT_API_SOCKET:

@@ -7,7 +7,7 @@ protocol, not on one wide interface. ``registry.store.EtcdRegistry`` implements 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView
@@ -47,6 +47,9 @@ class AgentRegistry(Protocol):
 
     async def get_body(self, unit_hash: str) -> str | None:
         """The canonical text with this hash, ``None`` if etcd has none."""
+
+    async def get_bodies(self, hashes: Iterable[str]) -> dict[str, str]:
+        """The bodies etcd has among these hashes, read in batches and cached."""
 
     async def list_states(self, machine: MachineID | None = None) -> list[UnitState]: ...
 

@@ -20,6 +20,7 @@ from fleetpy.retry import until_success
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_MISSING: Any = object()
 
 
 class Prefix(Generic[T]):
@@ -33,23 +34,28 @@ class Prefix(Generic[T]):
         self._tombstones: dict[str, int] = {}
         self.revision = 0  # the newest revision this prefix is known to be current at
 
-    def _set(self, tail: str, raw: bytes, revision: int) -> None:
+    def _set(self, tail: str, raw: bytes, revision: int) -> bool:
+        """Apply a put; whether the decoded items changed (an echo of our own write, or a value that decodes
+        the same, changes nothing)."""
         if revision < self._revisions.get(tail, 0) or revision < self._tombstones.get(tail, 0):
-            return
+            return False
         self._tombstones.pop(tail, None)
+        before = self.items.get(tail, _MISSING)
         try:
-            self.items[tail] = self.decode(tail, raw)
-            self._revisions[tail] = revision
+            value = self.decode(tail, raw)
         except ValueError as exc:
             log.warning("ignoring %s%s: %s", self.prefix, tail, exc)
-            self.items.pop(tail, None)
+            return self.items.pop(tail, _MISSING) is not _MISSING
+        self.items[tail] = value
+        self._revisions[tail] = revision
+        return before is _MISSING or before != value
 
-    def _delete(self, tail: str, revision: int) -> None:
+    def _delete(self, tail: str, revision: int) -> bool:
         if revision < self._revisions.get(tail, 0):
-            return
-        self.items.pop(tail, None)
+            return False
         self._revisions.pop(tail, None)
         self._tombstones[tail] = revision
+        return self.items.pop(tail, _MISSING) is not _MISSING
 
     def load(self, kvs: Iterable[KV], revision: int) -> None:
         self.items.clear()
@@ -59,15 +65,14 @@ class Prefix(Generic[T]):
             self._set(kv.key[len(self.prefix) :], kv.value, kv.mod_revision)
         self.revision = revision
 
-    def apply(self, event: Event) -> None:
+    def apply(self, event: Event) -> bool:
+        """Apply a watch event; whether the items changed."""
         tail = event.key[len(self.prefix) :]
-        if event.deleted:
-            self._delete(tail, event.revision)
-        else:
-            self._set(tail, event.value, event.revision)
+        changed = self._delete(tail, event.revision) if event.deleted else self._set(tail, event.value, event.revision)
         self.revision = max(self.revision, event.revision)
         if len(self._tombstones) > 4096:
             self._tombstones = {k: r for k, r in self._tombstones.items() if r > self.revision}
+        return changed
 
     def set_local(self, tail: str, value: T, revision: int) -> None:
         """Record our own successful write before its watch event arrives."""
@@ -121,9 +126,9 @@ class Mirror:
         (``RegistryUnavailable``); after a compaction, read the prefix again and return."""
         try:
             async for event in self.client.watch(prefix.prefix, prefix.revision + 1):
-                prefix.apply(event)
                 self.events += 1
-                self.changed.set()
+                if prefix.apply(event):
+                    self.changed.set()  # only real changes wake the loop: not echoes, not equal values
         except Compacted:
             log.info("watch on %s was compacted: reading it again", prefix.prefix)
             revision, kvs = await self.client.get_prefix(prefix.prefix)

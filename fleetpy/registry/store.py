@@ -102,6 +102,17 @@ class EtcdRegistry:
             self._bodies[unit_hash] = body
         return body
 
+    async def get_bodies(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Bodies by hash, those not cached read in as few transactions as etcd allows."""
+        wanted = [h for h in dict.fromkeys(hashes) if h not in self._bodies]
+        for start in range(0, len(wanted), MAX_TXN_OPS):
+            chunk = wanted[start : start + MAX_TXN_OPS]
+            result = await self.client.read(*(Range(self.keys.body(h)) for h in chunk))
+            for unit_hash, found in zip(chunk, result.ranges, strict=True):
+                if found:
+                    self._bodies[unit_hash] = found[0].value.decode()
+        return {h: self._bodies[h] for h in hashes if h in self._bodies}
+
     async def get_unit(self, name: str) -> UnitView | None:
         result = await self.client.read(Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True))
         if not result.ranges[0]:
