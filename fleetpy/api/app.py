@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -48,6 +49,25 @@ class ApiSettings:
         self.token_limit = token_limit
         self.ready = ready
         self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
+        self.listings: dict[tuple[str, ...], tuple[float, list[Any]]] = {}
+
+
+LISTING_TTL = 5.0
+
+
+async def _listing(request: web.Request, key: tuple[str, ...], build: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
+    """The items of a paged listing. Page 1 is read afresh; the later pages of the same listing are served from
+    that read for a few seconds, so following the pages of 10,000 units costs one etcd read instead of one per
+    page (fleet re-read everything for every page), and the pages agree with each other."""
+    settings = request.app[SETTINGS]
+    number = schema.decode_token(request.query.getall("nextPageToken", []), settings.token_limit)
+    now = time.monotonic()
+    cached = settings.listings.get(key)
+    if number > 1 and cached is not None and now - cached[0] < LISTING_TTL:
+        return cached[1]
+    items = await build()
+    settings.listings[key] = (now, items)
+    return items
 
 
 # Compact, as Go's json.Marshal writes it: fleet's clients and scripts see the same bytes.
@@ -143,26 +163,24 @@ def _page(request: web.Request, items: Sequence[Any], key: str) -> web.Response:
 
 
 async def list_machines(request: web.Request) -> web.StreamResponse:
-    machines = await request.app[REGISTRY].list_machines()
-    return _page(request, [schema.machine_json(m) for m in machines], "machines")
+    async def build() -> list[Any]:
+        return [schema.machine_json(m) for m in await request.app[REGISTRY].list_machines()]
+
+    return _page(request, await _listing(request, ("machines",), build), "machines")
 
 
 # ---------------------------------------------------------------------------------------------- units
 
 
 async def list_units(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    views = await request.app[REGISTRY].list_units()
-    number = schema.decode_token(request.query.getall("nextPageToken", []), settings.token_limit)
-    start = (number - 1) * settings.token_limit
-    chunk = views[start : start + settings.token_limit]
-    items = [await _unit_json(request, v) for v in chunk]
-    body: dict[str, Any] = {}
-    if items:
-        body["units"] = items
-    if len(items) == settings.token_limit:
-        body["nextPageToken"] = schema.encode_token(settings.token_limit, number + 1)
-    return json_response(body)
+    async def build() -> list[Any]:
+        registry = request.app[REGISTRY]
+        views = await registry.list_units()
+        cache = request.app[SETTINGS].options_cache
+        await registry.get_bodies(v.record.hash for v in views if v.record.hash not in cache)  # a few reads
+        return [await _unit_json(request, v) for v in views]
+
+    return _page(request, await _listing(request, ("units",), build), "units")
 
 
 async def get_unit(request: web.Request) -> web.StreamResponse:
@@ -284,10 +302,12 @@ async def put_unit(request: web.Request) -> web.StreamResponse:
 async def list_states(request: web.Request) -> web.StreamResponse:
     machine = request.query.get("machineID")
     unit = request.query.get("unitName")
-    states = await request.app[REGISTRY].list_states(MachineID(machine) if machine else None)
-    if unit:
-        states = [s for s in states if s.unit == unit]
-    return _page(request, [schema.state_json(s) for s in states], "states")
+
+    async def build() -> list[Any]:
+        states = await request.app[REGISTRY].list_states(MachineID(machine) if machine else None)
+        return [schema.state_json(s) for s in states if not unit or s.unit == unit]
+
+    return _page(request, await _listing(request, ("states", machine or "", unit or ""), build), "states")
 
 
 async def get_state(request: web.Request) -> web.StreamResponse:

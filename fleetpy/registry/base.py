@@ -102,6 +102,8 @@ class ApiRegistry(Protocol):
 
     async def get_body(self, unit_hash: str) -> str | None: ...
 
+    async def get_bodies(self, hashes: Iterable[str]) -> dict[str, str]: ...
+
     async def create_unit(self, record: UnitRecord, body: str) -> bool:
         """Create unit and body; ``False`` (nothing written) if the name exists."""
 
