@@ -117,17 +117,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+OPTIONS_CACHE_SIZE = 20000
+
+
+def remember_options(settings: ApiSettings, unit: UnitFile) -> None:
+    """Keep a unit's parsed options by hash (bodies never change), e.g. right after this process wrote it."""
+    cache = settings.options_cache
+    cache[unit.hash] = unit.options
+    cache.move_to_end(unit.hash)
+    if len(cache) > OPTIONS_CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 async def _options_of(request: web.Request, view: UnitView) -> tuple[UnitOption, ...]:
     settings = request.app[SETTINGS]
-    cache = settings.options_cache
-    unit_hash = view.record.hash
-    options = cache.get(unit_hash)
+    options = settings.options_cache.get(view.record.hash)
     if options is None:
-        body = await request.app[REGISTRY].get_body(unit_hash)
-        options = UnitFile.from_text(body).options if body is not None else ()
-        cache[unit_hash] = options
-        if len(cache) > 20000:
-            cache.popitem(last=False)
+        body = await request.app[REGISTRY].get_body(view.record.hash)
+        if body is None:
+            return ()
+        unit = UnitFile.from_text(body)
+        remember_options(settings, unit)
+        options = unit.options
     return options
 
 
@@ -251,6 +262,7 @@ def _unit_from_options(options: list[UnitOption]) -> UnitFile:
 
 
 def _record(name: str, unit: UnitFile, desired: DesiredState) -> UnitRecord:
+    """The record to store for ``unit`` (whose parsed options the caller is about to write)."""
     return UnitRecord(name=name, hash=unit.hash, desired=desired, is_global=unit.is_global, requirements=unit.xfleet)
 
 
@@ -276,6 +288,7 @@ async def put_unit(request: web.Request) -> web.StreamResponse:
         _check_template(url_name, state)
         if not await registry.create_unit(_record(url_name, unit, state), unit.text):
             raise Conflict(f"unit {url_name} was created by another request at the same time")
+        remember_options(request.app[SETTINGS], unit)
         return web.Response(status=201)
 
     if options:
@@ -284,6 +297,7 @@ async def put_unit(request: web.Request) -> web.StreamResponse:
             state = desired or DesiredState.INACTIVE
             _check_template(url_name, state)
             await registry.replace_unit(_record(url_name, unit, state), unit.text, existing.revision)
+            remember_options(request.app[SETTINGS], unit)
             return web.Response(status=201)
 
     if desired is None:

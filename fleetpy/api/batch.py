@@ -18,17 +18,19 @@ from fleetpy.api import schema
 from fleetpy.api.app import (
     MAX_REQUEST,
     REGISTRY,
+    SETTINGS,
     _check_template,
     _desired,
     _read_json,
     _record,
     _unit_from_options,
     json_response,
+    remember_options,
 )
 from fleetpy.api.schema import BadRequest
 from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState, UnitRecord
-from fleetpy.unit import validate_name
+from fleetpy.unit import UnitFile, validate_name
 
 PREFIX = "/fleetpy/v1"
 MAX_UNITS = 100_000
@@ -62,6 +64,7 @@ async def post_units(request: web.Request) -> web.StreamResponse:
     writes: list[tuple[UnitRecord, str, int]] = []
     counts = {"created": 0, "replaced": 0, "updated": 0, "unchanged": 0}
     seen: set[str] = set()
+    parsed: list[UnitFile] = []
     for index, item in enumerate(raw):
         name, options, desired = _parse(item, index)
         if name in seen:
@@ -71,6 +74,8 @@ async def post_units(request: web.Request) -> web.StreamResponse:
             unit = _unit_from_options(options) if options else None
         except InvalidUnit as exc:
             raise BadRequest(f"units[{index}] ({name}): {exc}") from None
+        if unit is not None:
+            parsed.append(unit)
         found = existing.get(name)
         if found is None:
             if unit is None:
@@ -94,4 +99,7 @@ async def post_units(request: web.Request) -> web.StreamResponse:
         else:
             counts["unchanged"] += 1
     await registry.write_units(writes)
+    settings = request.app[SETTINGS]
+    for unit in parsed:
+        remember_options(settings, unit)
     return json_response(counts)
