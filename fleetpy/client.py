@@ -73,6 +73,15 @@ class ApiUnitState:
     sub: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ApiWatchError:
+    file: str
+    directory: str = ""
+    machine: str = ""
+    owner: str = ""
+    message: str = ""
+
+
 def _s(obj: dict[str, Any], key: str) -> str:
     value = obj.get(key, "")
     return value if isinstance(value, str) else str(value)
@@ -262,3 +271,16 @@ class Client:
                 return None
             raise
         return decode_state(payload if isinstance(payload, dict) else {})
+
+    async def watch_errors(self) -> list[ApiWatchError]:
+        """fleetpy's own endpoint: files of watched directories that are not applied, and why."""
+        return [
+            ApiWatchError(
+                file=_s(e, "file"),
+                directory=_s(e, "directory"),
+                machine=_s(e, "machineID"),
+                owner=_s(e, "owner"),
+                message=_s(e, "message"),
+            )
+            for e in await self._pages("/watch-errors", "watchErrors")
+        ]

@@ -10,7 +10,7 @@ silently replaced by the default.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -54,6 +54,7 @@ class Settings:
     disable_agent: bool = False
     disable_watches: bool = False
     verbosity: int = 0
+    watch_dir: str = ""  # a directory whose unit files become units of the cluster ("" watches none)
 
 
 _BOOL_TRUE = {"1", "t", "T", "TRUE", "true", "True", "yes", "on"}
@@ -166,10 +167,12 @@ def build_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     file_name: str = "config file",
+    layers: Sequence[tuple[str, Mapping[str, str]]] = (),
 ) -> tuple[Settings, list[str]]:
     """Settings from the three sources in rising priority, and warnings (unknown or deprecated options).
 
-    ``overrides`` are already-typed values from command-line flags; ``None`` values are ignored.
+    ``overrides`` are already-typed values from command-line flags; ``None`` values are ignored. ``layers``
+    are further (source name, options) pairs between the file and the environment, such as a cloud-config's.
     """
     warnings: list[str] = []
     defaults = Settings()
@@ -189,8 +192,11 @@ def build_settings(
 
     for name, raw in (file_values or {}).items():
         take(name, raw, file_name)
+    for source, layer in layers:
+        for name, raw in layer.items():
+            take(name, raw, source)
     for var, raw in sorted((environ or {}).items()):
-        if var.startswith(ENV_PREFIX) and var not in ("FLEETPY_CONFIG",):
+        if var.startswith(ENV_PREFIX) and var not in ("FLEETPY_CONFIG", "FLEETPY_CLOUD_CONFIG"):
             take(var[len(ENV_PREFIX) :].lower(), raw, f"environment variable {var}")
     for name, value in (overrides or {}).items():
         if value is not None:

@@ -16,7 +16,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO
 
 from aiohttp import web
@@ -24,6 +24,8 @@ from aiohttp import web
 from fleetpy import __version__
 from fleetpy.agent import Agent, Presence, local_machine
 from fleetpy.api.app import ApiSettings, make_app
+from fleetpy.bootstrap import submit_units
+from fleetpy.cloudconfig import CloudUnit
 from fleetpy.config import Settings
 from fleetpy.engine import Engine
 from fleetpy.errors import ConfigError
@@ -32,8 +34,10 @@ from fleetpy.machine import detect_public_ip, read_machine_id
 from fleetpy.model import MachineID
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
+from fleetpy.registry.watched import WatchedStore
 from fleetpy.systemd.dbus import DbusSystemd
 from fleetpy.systemd.unitdir import UnitDirectory
+from fleetpy.watchdir import Watcher
 
 log = logging.getLogger("fleetpy.daemon")
 
@@ -45,7 +49,7 @@ def setup_logging(verbosity: int) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbosity > 0 else logging.INFO, format=fmt, stream=sys.stderr, force=True
     )
-    for noisy in ("aiohttp.access", "grpc", "asyncio"):
+    for noisy in ("aiohttp.access", "grpc", "asyncio", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -86,11 +90,33 @@ def notify(message: str) -> None:
         sock.sendall(message.encode())
 
 
+def listen_sockets() -> list[socket.socket]:
+    """The listeners systemd passed by socket activation (sd_listen_fds(3)): fds 3, 4, ... when
+    ``LISTEN_PID`` is ours. The variables are removed so that no child takes the sockets for its own."""
+    count = os.environ.pop("LISTEN_FDS", "")
+    pid = os.environ.pop("LISTEN_PID", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if not count.isdigit() or (pid and pid != str(os.getpid())):
+        return []
+    sockets = []
+    for fd in range(3, 3 + int(count)):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets
+
+
 async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool]) -> web.AppRunner:
     app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    if settings.api_socket:
+    inherited: set[object] = set()
+    for sock in listen_sockets():
+        # A listener systemd holds for us: serve it, and do not bind the same address a second time.
+        address = sock.getsockname()
+        inherited.add(address if isinstance(address, str) else (address[0], address[1]))
+        await web.SockSite(runner, sock).start()
+        log.info("API listening on %s (socket activation)", address)
+    if settings.api_socket and settings.api_socket not in inherited:
         path = settings.api_socket
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -100,13 +126,16 @@ async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[
         log.info("API listening on unix://%s", path)
     for listen in settings.api_listen:
         host, _, port = listen.rpartition(":")
+        if (host.strip("[]"), int(port)) in inherited:
+            continue
         await web.TCPSite(runner, host.strip("[]"), int(port)).start()
         log.info("API listening on http://%s", listen)
     return runner
 
 
-async def serve(settings: Settings) -> int:
-    """Run fleetpyd until SIGTERM/SIGINT; the exit code."""
+async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
+    """Run fleetpyd until SIGTERM/SIGINT; the exit code. ``units`` (a cloud-config's) are submitted once the
+    machine has joined."""
     runtime = runtime_directory(settings)
     lock = _lock(runtime) if not settings.disable_agent else None  # one agent per runtime directory
     client = EtcdClient(
@@ -148,6 +177,15 @@ async def serve(settings: Settings) -> int:
             interval=settings.engine_reconcile_interval,
         )
 
+    watcher: Watcher | None = None
+    if settings.watch_dir:
+        watcher = Watcher(
+            WatchedStore(client, registry.keys),
+            settings.watch_dir,
+            machine=machine_id or socket.gethostname(),
+            ttl=settings.agent_ttl,
+        )
+
     def ready() -> bool:
         return presence is None or presence.registered.is_set()
 
@@ -171,7 +209,11 @@ async def serve(settings: Settings) -> int:
                 notify("READY=1")
             if engine is not None:
                 group.create_task(engine.run())
-            if agent is None and engine is None:
+            if watcher is not None:
+                group.create_task(watcher.run())
+            if units:
+                group.create_task(submit_units(registry, units))
+            if agent is None and engine is None and watcher is None:
                 await stop.wait()  # API only: nothing else to run until we are told to stop
 
     main = asyncio.create_task(components())
@@ -186,6 +228,8 @@ async def serve(settings: Settings) -> int:
         main.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await main
+        if watcher is not None:
+            await watcher.close()
         if agent is not None and presence is not None:
             await agent.stop_all()
             await presence.leave()

@@ -39,6 +39,8 @@ from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
+from fleetpy.registry.watched import WatchedStore
+from fleetpy.watchdir import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +187,7 @@ class SandboxHost:
     public_ip: str = ""
     cgroup: str = ""
     machine_id: str = ""
+    private_etc: bool = False  # writes to /etc stay in the host (an overlay), for fleetpyd --cloud-config
     process: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -245,7 +248,15 @@ class SandboxHost:
         with open(os.path.join(self.directory, "machine-id"), "w") as handle:
             handle.write(self.machine_id + "\n")
         with open(os.path.join(self.directory, "host.json"), "w") as handle:
-            json.dump({"hostname": self.hostname, "env": self.env, "fleetpyd": list(self.fleetpyd)}, handle)
+            json.dump(
+                {
+                    "hostname": self.hostname,
+                    "env": self.env,
+                    "fleetpyd": list(self.fleetpyd),
+                    "private_etc": self.private_etc,
+                },
+                handle,
+            )
         os.makedirs(self.cgroup, exist_ok=True)
         procs = os.path.join(self.cgroup, "cgroup.procs")
 
@@ -352,6 +363,7 @@ class DevOptions:
     etcd: str = ""  # use this etcd instead of starting one
     hollow: int = 0  # simulated machines (fleetpy.hollow), in one child process
     hollow_start_delay: float = 0.0
+    watch_dir: str = ""  # a watched directory for the cluster, watched by the supervisor
 
 
 class DevCluster:
@@ -410,7 +422,10 @@ class DevCluster:
         config_path = os.path.join(directory, "fleetpy.conf")
         with open(config_path, "w") as handle:
             handle.write("\n".join(config) + "\n")
-        return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), public_ip=public_ip)
+        # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
+        # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
+        env = {"ETCDCTL_ENDPOINTS": self.etcd_endpoint}
+        return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
 
     def write_description(self) -> None:
         description = {
@@ -504,6 +519,16 @@ class DevCluster:
         await web.UnixSite(self._runner, path).start()
         os.chmod(path, 0o660)
 
+    def watcher(self, directory: str) -> Watcher:
+        """A watcher of ``directory`` for the whole cluster, run by the supervisor (so it outlives any host)."""
+        assert self._client is not None, "start the cluster first"
+        return Watcher(
+            WatchedStore(self._client, Keys(self.options.prefix)),
+            directory,
+            machine=f"dev-{socket.gethostname()}",
+            ttl=self.options.agent_ttl,
+        )
+
     async def run_until_stopped(self) -> None:
         """Keep cluster.json current (fleetpyd PIDs change when a daemon restarts) until cancelled."""
         last = ""
@@ -548,10 +573,21 @@ async def run_dev(options: DevOptions, *, on_ready: Any = None) -> None:
         await cluster.start()
         if on_ready is not None:
             on_ready(cluster)
-        watcher = asyncio.create_task(cluster.run_until_stopped())
-        await stop.wait()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        watcher = cluster.watcher(options.watch_dir) if options.watch_dir else None
+        stopper = asyncio.create_task(stop.wait())
+        tasks = [asyncio.create_task(cluster.run_until_stopped())]
+        if watcher is not None:
+            tasks.append(asyncio.create_task(watcher.run()))
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopper, *tasks):
+                task.cancel()
+            await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            if watcher is not None:
+                await watcher.close()
+        for task in tasks:
+            if task in done:
+                task.result()  # it ended on its own: a failure, let it surface
     finally:
         await cluster.stop()

@@ -7,8 +7,9 @@ then starts ``systemd --user`` and, once systemd's bus answers, the host's ``fle
 orphans, restarts ``fleetpyd`` when it dies of a failure (as ``Restart=on-failure`` would), and on SIGTERM stops
 ``fleetpyd`` and exits, which ends every process of the host.
 
-Its configuration is ``HOSTDIR/host.json``: ``hostname``, ``env`` (extra environment) and ``fleetpyd`` (the
-command, or empty for a host with systemd only).
+Its configuration is ``HOSTDIR/host.json``: ``hostname``, ``env`` (extra environment), ``fleetpyd`` (the
+command, or empty for a host with systemd only) and ``private_etc`` (an overlay on ``/etc`` whose changes stay
+in the host, for a fleetpyd that writes files there, as ``--cloud-config`` does).
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def _mount(*args: str) -> None:
 def _prepare(host_dir: str, config: dict[str, Any]) -> dict[str, str]:
     _mount("--bind", os.path.join(host_dir, "run"), "/run")
     _mount("-t", "cgroup2", "cgroup2", "/sys/fs/cgroup")
+    if config.get("private_etc"):
+        # upper and work directories on a tmpfs of the host's own, so this works whatever the state dir is on
+        layer = os.path.join(host_dir, "etc-layer")
+        os.makedirs(layer, exist_ok=True)
+        _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", layer)
+        for part in ("upper", "work"):
+            os.makedirs(os.path.join(layer, part))
+        options = f"lowerdir=/etc,upperdir={layer}/upper,workdir={layer}/work"
+        _mount("-t", "overlay", "-o", options, "overlay", "/etc")
     _mount("--bind", os.path.join(host_dir, "machine-id"), "/etc/machine-id")
     subprocess.run(["hostname", config["hostname"]], check=True)
     os.makedirs("/run/systemd/system", exist_ok=True)  # the marker that lets systemd --user start

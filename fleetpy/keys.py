@@ -93,6 +93,37 @@ class Keys:
     def unplaced(self, unit: str) -> str:
         return f"{self.unplaced_all}{unit}"
 
+    # watched directories: P/watched/units/<unit> marks a unit a watched directory created (permanent, with the
+    # unit); P/watched/claims/<unit>/<owner> is what each watcher's directory wants of it (permanent);
+    # P/watched/owners/<owner> and P/watched/errors/<owner>/<file> live on their watcher's lease
+    @property
+    def watched_units(self) -> str:
+        return f"{self.prefix}/watched/units/"
+
+    def watched_unit(self, unit: str) -> str:
+        return f"{self.watched_units}{unit}"
+
+    @property
+    def watched_claims(self) -> str:
+        return f"{self.prefix}/watched/claims/"
+
+    def watched_claim(self, unit: str, owner: str = "") -> str:
+        return f"{self.watched_claims}{unit}/{owner}"
+
+    @property
+    def watched_owners(self) -> str:
+        return f"{self.prefix}/watched/owners/"
+
+    def watched_owner(self, owner: str) -> str:
+        return f"{self.watched_owners}{owner}"
+
+    @property
+    def watched_errors(self) -> str:
+        return f"{self.prefix}/watched/errors/"
+
+    def watched_error(self, owner: str, file: str = "") -> str:
+        return f"{self.watched_errors}{owner}/{file}"
+
     # splitting
     @staticmethod
     def tail(key: str, prefix: str) -> str:

@@ -332,6 +332,15 @@ async def get_state(request: web.Request) -> web.StreamResponse:
     return json_response(schema.state_json(states[0]))
 
 
+# ---------------------------------------------------------------------------------------------- watched directories
+
+
+async def list_watch_errors(request: web.Request) -> web.StreamResponse:
+    """fleetpy's own (not in fleet's API): the files of watched directories that are not applied, and why."""
+    errors = await request.app[REGISTRY].list_watch_errors()
+    return _page(request, [schema.watch_error_json(e) for e in errors], "watchErrors")
+
+
 # ---------------------------------------------------------------------------------------------- the app
 
 
@@ -359,6 +368,10 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
         app.router.add_route("GET", f"{prefix}/state/{{name}}", get_state)
         app.router.add_route(
             "*", f"{prefix}/state/{{name}}", _method_not_allowed("only GET supported against this resource")
+        )
+        app.router.add_route("GET", f"{prefix}/watch-errors", list_watch_errors)
+        app.router.add_route(
+            "*", f"{prefix}/watch-errors", _method_not_allowed("only GET supported against this resource")
         )
         app.router.add_route("*", prefix, _method_not_allowed(""))
     from fleetpy.api import batch  # imports this module's handlers; imported here to avoid a cycle

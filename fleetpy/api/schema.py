@@ -13,6 +13,7 @@ from typing import Any
 
 from fleetpy.model import DesiredState, Machine, UnitState
 from fleetpy.unit import UnitOption
+from fleetpy.watchplan import WatchError
 
 
 class BadRequest(ValueError):
@@ -62,6 +63,16 @@ def machine_json(machine: Machine) -> dict[str, Any]:
     if machine.public_ip:
         body["primaryIP"] = machine.public_ip
     return body
+
+
+def watch_error_json(error: WatchError) -> dict[str, Any]:
+    return {
+        "file": error.file,
+        "directory": error.directory,
+        "machineID": error.machine,
+        "owner": error.owner,
+        "message": error.message,
+    }
 
 
 def parse_options(raw: Any) -> list[UnitOption]:

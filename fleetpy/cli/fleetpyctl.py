@@ -782,5 +782,16 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
     _run(ctx, body)
 
 
+def _register_commands() -> None:
+    """fleetpy's own commands, which live in modules of their own."""
+    from fleetpy.cli.cloudconfig import cloud_config
+    from fleetpy.cli.watched import list_watch_errors
+
+    main.add_command(cloud_config)
+    main.add_command(list_watch_errors)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main(prog_name="fleetpyctl")

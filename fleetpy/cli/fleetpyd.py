@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import click
 
 from fleetpy import __version__
+from fleetpy.cloudconfig import CloudConfig, parse_cloud_config
 from fleetpy.config import (
     DEFAULT_API_SOCKET,
     DEFAULT_CONFIG_FILE,
@@ -33,7 +35,9 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def load_settings(config: str | None, flags: dict[str, Any]) -> Any:
+def load_settings(
+    config: str | None, flags: dict[str, Any], layers: Sequence[tuple[str, Mapping[str, str]]] = ()
+) -> Any:
     path = config or os.environ.get("FLEETPY_CONFIG") or DEFAULT_CONFIG_FILE
     file_values: dict[str, str] = {}
     if os.path.isdir(path):
@@ -43,14 +47,48 @@ def load_settings(config: str | None, flags: dict[str, Any]) -> Any:
             file_values = parse_config_text(handle.read(), path)
     elif config:
         raise ConfigError(f"config file {config} does not exist")
-    settings, warnings = build_settings(file_values=file_values, environ=os.environ, overrides=flags, file_name=path)
+    settings, warnings = build_settings(
+        file_values=file_values, environ=os.environ, overrides=flags, file_name=path, layers=layers
+    )
     for warning in warnings:
         click.echo(f"WARN {warning}", err=True)
     return settings
 
 
+def read_cloud_config(path: str) -> CloudConfig:
+    """Read a cloud-config, print its warnings and write its files (before the config file is read, which it
+    may have written)."""
+    from fleetpy.bootstrap import write_files
+    from fleetpy.machine import detect_public_ip
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read cloud-config {path}: {exc}") from None
+    # $public_ipv4 and $private_ipv4: as CoreOS's /etc/environment names them, else this host's address
+    public, private = os.environ.get("COREOS_PUBLIC_IPV4", ""), os.environ.get("COREOS_PRIVATE_IPV4", "")
+    if not (public and private):
+        detected = detect_public_ip()
+        public, private = public or detected, private or detected
+    cloud = parse_cloud_config(text, source=path, public_ipv4=public, private_ipv4=private)
+    for warning in cloud.warnings:
+        click.echo(f"WARN cloud-config {path}: {warning}", err=True)
+    for written in write_files(cloud.write_files):
+        click.echo(f"cloud-config {path}: wrote {written}", err=True)
+    return cloud
+
+
 @click.group(invoke_without_command=True, context_settings=CONTEXT)
 @click.option("--config", "config", metavar="PATH", help=f"Config file (default {DEFAULT_CONFIG_FILE} if it exists).")
+@click.option(
+    "--cloud-config",
+    "cloud_config",
+    metavar="PATH",
+    envvar="FLEETPY_CLOUD_CONFIG",
+    help="A #cloud-config: its write_files are written, coreos.fleet and fleetpy configure the daemon (over the "
+    "config file), fleetpy.units are submitted once the machine has joined.",
+)
 @click.option("--etcd-servers", metavar="URLS", help="etcd endpoints, comma-separated (http://127.0.0.1:2379).")
 @click.option("--etcd-key-prefix", metavar="PREFIX", help="Key prefix in etcd (/fleetpy).")
 @click.option("--machine-id", metavar="ID", help="This machine's ID (default: /etc/machine-id).")
@@ -63,10 +101,11 @@ def load_settings(config: str | None, flags: dict[str, Any]) -> Any:
 @click.option("--api-listen", metavar="HOST:PORT", multiple=True, help="Also serve the API on TCP (repeatable).")
 @click.option("--disable-engine", is_flag=True, default=None, help="Never lead the engine on this machine.")
 @click.option("--disable-agent", is_flag=True, default=None, help="Run no agent (API and engine only).")
+@click.option("--watch-dir", metavar="DIR", help="Unit files in DIR become units of the cluster (watch_dir).")
 @click.option("-v", "--verbosity", count=True, help="More logging (DEBUG).")
 @click.option("--version", is_flag=True, help="Print the version and exit.")
 @click.pass_context
-def main(ctx: click.Context, /, config: str | None, version: bool, **flags: Any) -> None:
+def main(ctx: click.Context, /, config: str | None, cloud_config: str | None, version: bool, **flags: Any) -> None:
     """fleetpyd: the fleetpy daemon. One runs on every host: it registers the machine in etcd, runs the units
     the engine places here through systemd, may lead the engine, and serves fleet's API.
 
@@ -74,6 +113,8 @@ def main(ctx: click.Context, /, config: str | None, version: bool, **flags: Any)
     Examples:
       fleetpyd --etcd-servers http://10.0.0.1:2379 --metadata region=eu,disk=ssd
       fleetpyd --config /etc/fleetpy/fleetpy.conf
+      fleetpyd --cloud-config user-data.yaml   # see fleetpyctl cloud-config
+      fleetpyd --watch-dir /etc/fleetpy/units.d
       fleetpyd dev --machines 3          # a local cluster with real systemd
     """
     if version:
@@ -95,7 +136,9 @@ def main(ctx: click.Context, /, config: str | None, version: bool, **flags: Any)
             elif name == "api_listen":
                 value = tuple(value)
             overrides[name] = value
-        settings = load_settings(config, overrides)
+        cloud = read_cloud_config(cloud_config) if cloud_config else CloudConfig()
+        layers = [(f"cloud-config {cloud_config}", cloud.options)] if cloud_config else []
+        settings = load_settings(config, overrides, layers)
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
         return
@@ -103,7 +146,7 @@ def main(ctx: click.Context, /, config: str | None, version: bool, **flags: Any)
 
     setup_logging(settings.verbosity)
     try:
-        sys.exit(asyncio.run(serve(settings)))
+        sys.exit(asyncio.run(serve(settings, units=cloud.units)))
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -160,6 +203,7 @@ def version() -> None:
     metavar="SECONDS",
     help="How long a simulated start job takes on hollow machines.",
 )
+@click.option("--watch-dir", default="", metavar="DIR", help="Unit files in DIR become units of the cluster.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def dev(
     machines: int,
@@ -172,6 +216,7 @@ def dev(
     etcd: str,
     hollow: int,
     hollow_start_delay: float,
+    watch_dir: str,
     verbose: bool,
 ) -> None:
     """Run a local cluster: an embedded etcd and N sandbox hosts, each a real fleetpyd with its own
@@ -203,6 +248,7 @@ def dev(
         etcd=etcd,
         hollow=hollow,
         hollow_start_delay=hollow_start_delay,
+        watch_dir=watch_dir,
     )
 
     def ready(cluster: DevCluster) -> None:
@@ -213,6 +259,8 @@ def dev(
             click.echo(f"  + {len(cluster.hollow_machines)} hollow machines (simulated systemd, for scale work)")
         click.echo(f"  API: unix://{cluster.api_socket}")
         click.echo(f"  described in {cluster.cluster_file}")
+        if watch_dir:
+            click.echo(f"  watching {os.path.abspath(watch_dir)} for unit files")
         if cluster.api_socket != DEFAULT_API_SOCKET:
             click.echo(f"  export FLEETPYCTL_ENDPOINT=unix://{cluster.api_socket}")
         click.echo("Press Ctrl-C to stop the cluster.", err=True)
@@ -222,6 +270,15 @@ def dev(
     except FleetError as exc:
         _fail(str(exc))
 
+
+def _register_commands() -> None:
+    """Commands that live in modules of their own."""
+    from fleetpy.cli.devhost import dev_host
+
+    main.add_command(dev_host)
+
+
+_register_commands()
 
 if __name__ == "__main__":
     main()

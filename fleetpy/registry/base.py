@@ -14,6 +14,7 @@ from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitSta
 from fleetpy.plan import EngineAction
 from fleetpy.registry.mirror import Mirror, Prefix
 from fleetpy.registry.ops import Op
+from fleetpy.watchplan import WatchError
 
 
 class LeaseRegistry(Protocol):
@@ -124,3 +125,6 @@ class ApiRegistry(Protocol):
 
     async def list_states(self, machine: MachineID | None = None) -> list[UnitState]:
         """Published unit states sorted by (unit, machine)."""
+
+    async def list_watch_errors(self) -> list[WatchError]:
+        """The files watched directories could not apply, sorted by directory, file and watcher."""

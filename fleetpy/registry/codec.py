@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitRecord, UnitState
+from fleetpy.watchplan import Claim, WatchError
 
 
 def _dumps(value: Mapping[str, Any]) -> bytes:
@@ -154,4 +155,43 @@ def decode_state(machine: MachineID, unit: str, raw: bytes) -> UnitState:
         sub=_str(obj, "sub", ""),
         hash=_str(obj, "hash", ""),
         achieved=_state(obj, "achieved"),
+    )
+
+
+# watched directories
+
+
+def encode_claim(claim: Claim) -> bytes:
+    return _dumps({"hash": claim.hash, "file": claim.file})
+
+
+def decode_claim(owner: str, raw: bytes) -> Claim:
+    obj = _object(raw)
+    return Claim(owner=owner, hash=_str(obj, "hash"), file=_str(obj, "file", ""))
+
+
+def encode_owner(machine: str, directory: str) -> bytes:
+    return _dumps({"machineID": machine, "directory": directory})
+
+
+def encode_watch_error(error: WatchError) -> bytes:
+    return _dumps(
+        {
+            "owner": error.owner,
+            "machineID": error.machine,
+            "directory": error.directory,
+            "file": error.file,
+            "message": error.message,
+        }
+    )
+
+
+def decode_watch_error(raw: bytes) -> WatchError:
+    obj = _object(raw)
+    return WatchError(
+        owner=_str(obj, "owner"),
+        machine=_str(obj, "machineID", ""),
+        directory=_str(obj, "directory", ""),
+        file=_str(obj, "file"),
+        message=_str(obj, "message", ""),
     )

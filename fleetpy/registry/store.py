@@ -18,6 +18,8 @@ from fleetpy.plan import EngineAction, Unschedule
 from fleetpy.registry import codec
 from fleetpy.registry.mirror import Mirror, Prefix
 from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Op, Put, Range
+from fleetpy.registry.watched import WatchedStore
+from fleetpy.watchplan import WatchError
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +233,9 @@ class EtcdRegistry:
         key = self.keys.unit(name)
         result = await self.client.txn([Compare(key, "create", ">", 0)], [Delete(key)])
         return result.succeeded
+
+    async def list_watch_errors(self) -> list[WatchError]:
+        return await WatchedStore(self.client, self.keys).list_errors()
 
     # ---------------------------------------------------------------- unit states
 
