@@ -18,11 +18,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 
 from fleetpy import __version__
 from fleetpy.errors import ConfigError, FleetError, InvalidUnit, RegistryUnavailable, SystemdError, SystemdUnavailable
 from fleetpy.loop import Reconciler
+from fleetpy.metrics import Metrics
 from fleetpy.model import DesiredState, Machine, MachineID, UnitState
 from fleetpy.plan import ActionKind, AgentAction, Current, Desired, agent_plan, apply_agent_action
 from fleetpy.registry.base import AgentRegistry, PresenceRegistry
@@ -158,6 +160,7 @@ class Agent:
         presence: Presence,
         interval: float = 5.0,
         resync_interval: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
         self.systemd = systemd
@@ -170,7 +173,9 @@ class Agent:
         self.adopted = asyncio.Event()
         self._schedule = registry.schedule_prefix(self.machine)
         self._mirror = registry.mirror([self._schedule])
-        self.reconciler = Reconciler("agent", self._pass, interval=interval, wake=self._mirror.changed)
+        self.metrics = metrics
+        self.reconciler = Reconciler("agent", self._pass, interval=interval, wake=self._mirror.changed, metrics=metrics)
+        self._converging: dict[str, tuple[Desired, float]] = {}  # unit → the target not yet achieved, since when
         self._dirty: set[str] = set()
         self._report = asyncio.Event()
         self._published: dict[str, UnitState] = {}
@@ -231,6 +236,36 @@ class Agent:
         if not self._mirror.loaded.is_set():
             return None  # nothing known about the schedule yet: never act on no data
         desired = {name: Desired(e.hash, e.desired) for name, e in self._schedule.items.items()}
+        self._note_targets(desired)
+        try:
+            return await self._act(desired)
+        finally:
+            self._note_achieved()
+
+    def _note_targets(self, desired: dict[str, Desired]) -> None:
+        """Remember when each new target (hash and desired state) was first seen, for the convergence metric."""
+        now = time.monotonic()
+        for name in [n for n in self._converging if n not in desired]:
+            del self._converging[name]
+        for name, want in desired.items():
+            if want.state == DesiredState.INACTIVE or self._achieved(name, want):
+                self._converging.pop(name, None)
+            elif name not in self._converging or self._converging[name][0] != want:
+                self._converging[name] = (want, now)
+
+    def _achieved(self, name: str, want: Desired) -> bool:
+        have = self.current.get(name)
+        return have is not None and have.hash == want.hash and have.achieved == want.state
+
+    def _note_achieved(self) -> None:
+        now = time.monotonic()
+        for name, (want, since) in list(self._converging.items()):
+            if self._achieved(name, want):
+                del self._converging[name]
+                if self.metrics is not None:
+                    self.metrics.convergence.observe(now - since)
+
+    async def _act(self, desired: dict[str, Desired]) -> float | None:
         actions = agent_plan(desired, self.current)
         # Fetch every body this pass loads in a few reads rather than one read per unit.
         await self.registry.get_bodies(a.hash for a in actions if a.kind == ActionKind.LOAD)
@@ -337,9 +372,9 @@ class Agent:
         puts: list[UnitState] = []
         for name in managed:
             status = statuses.get(name)
-            if status is None:
-                continue
-            current = self.current[name]
+            current = self.current.get(name)
+            if status is None or current is None:
+                continue  # unloaded while systemd answered: it is published as removed below
             state = UnitState(
                 name, self.machine, status.load, status.active, status.sub, current.hash, current.achieved
             )

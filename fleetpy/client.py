@@ -7,8 +7,11 @@ an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``ne
 
 from __future__ import annotations
 
+import json
+import logging
 import os
-from collections.abc import Sequence
+import ssl
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -19,7 +22,9 @@ from fleetpy.errors import FleetError
 from fleetpy.model import DesiredState
 from fleetpy.unit import UnitOption
 
+log = logging.getLogger(__name__)
 API = "/fleet/v1"
+FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints: status and journal (api/relay.py), plan (api/plan.py)
 
 
 class ApiError(FleetError):
@@ -55,6 +60,7 @@ class ApiUnit:
     current: str = ""
     machine: str = ""
     options: tuple[UnitOption, ...] = ()
+    reason: str = ""  # fleetpy's: why the engine placed it nowhere
 
     @property
     def is_global(self) -> bool:
@@ -71,6 +77,50 @@ class ApiUnitState:
     load: str = ""
     active: str = ""
     sub: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiVerdict:
+    """How one machine fares for a unit in a plan: ``rule`` and ``message`` say why it is ruled out."""
+
+    machine: str
+    load: int
+    rule: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlannedUnit:
+    name: str
+    machines: tuple[str, ...]
+    kept: bool
+    reason: str
+    verdicts: tuple[ApiVerdict, ...]
+    is_global: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlannedAction:
+    type: str  # Schedule, Unschedule or Update
+    unit: str
+    machine: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPlan:
+    units: tuple[ApiPlannedUnit, ...]
+    actions: tuple[ApiPlannedAction, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEvent:
+    """One event of a status or journal stream: output of ``machine``, or the end of it (``code`` set)."""
+
+    machine: str
+    output: str = ""
+    code: int | None = None
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +149,7 @@ def decode_unit(obj: dict[str, Any]) -> ApiUnit:
         current=_s(obj, "currentState"),
         machine=_s(obj, "machineID"),
         options=options,
+        reason=_s(obj, "reason"),
     )
 
 
@@ -120,6 +171,41 @@ def decode_machine(obj: dict[str, Any]) -> ApiMachine:
         primary_ip=_s(obj, "primaryIP"),
         metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
     )
+
+
+def _options(options: Sequence[UnitOption]) -> list[dict[str, str]]:
+    return [{"section": o.section, "name": o.name, "value": o.value} for o in options]
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key, 0)
+    return value if isinstance(value, int) else 0
+
+
+def decode_plan(obj: dict[str, Any]) -> ApiPlan:
+    units = tuple(
+        ApiPlannedUnit(
+            name=_s(u, "name"),
+            machines=tuple(str(m) for m in u.get("machines") or []),
+            kept=u.get("kept") is True,
+            reason=_s(u, "reason"),
+            verdicts=tuple(
+                ApiVerdict(_s(v, "machineID"), _int(v, "load"), _s(v, "rule"), _s(v, "message"))
+                for v in _dicts(u.get("verdicts"))
+            ),
+            is_global=u.get("global") is True,
+        )
+        for u in _dicts(obj.get("units"))
+    )
+    actions = tuple(
+        ApiPlannedAction(_s(a, "type"), _s(a, "unit"), _s(a, "machineID"), _s(a, "reason"))
+        for a in _dicts(obj.get("actions"))
+    )
+    return ApiPlan(units, actions)
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -145,6 +231,10 @@ def _reason(exc: BaseException) -> str:
     """Why a request failed, without aiohttp's repetition of the address (``[Errno 2] ...`` → its text)."""
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return "the request timed out"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"TLS: {exc.certificate_error}"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS: {exc.os_error}"
     error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
     if isinstance(error, OSError) and error.errno:
         return os.strerror(error.errno)
@@ -152,10 +242,11 @@ def _reason(exc: BaseException) -> str:
 
 
 class Client:
-    def __init__(self, endpoint: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self.endpoint = endpoint
         self.base, self.socket_path = parse_endpoint(endpoint)
         self.timeout = timeout
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
@@ -174,7 +265,7 @@ class Client:
             connector: aiohttp.BaseConnector = (
                 aiohttp.UnixConnector(path=self.socket_path, limit=32)
                 if self.socket_path
-                else aiohttp.TCPConnector(limit=32)
+                else aiohttp.TCPConnector(limit=32, ssl=self.ssl_context if self.ssl_context is not None else True)
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
@@ -182,9 +273,16 @@ class Client:
         return self._session
 
     async def _request(
-        self, method: str, path: str, *, params: dict[str, str] | None = None, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: dict[str, Any] | list[Any] | None = None,
+        root: str = API,
     ) -> tuple[int, Any]:
-        url = f"{self.base}{API}{path}"
+        url = f"{self.base}{root}{path}"
+        log.debug("%s %s %s", method, url, params or "")
         try:
             async with self._http().request(method, url, params=params, json=body) as response:
                 raw = await response.read()
@@ -235,10 +333,7 @@ class Client:
         return decode_unit(payload if isinstance(payload, dict) else {})
 
     async def create_unit(self, name: str, options: Sequence[UnitOption], desired: DesiredState | None = None) -> None:
-        body: dict[str, Any] = {
-            "name": name,
-            "options": [{"section": o.section, "name": o.name, "value": o.value} for o in options],
-        }
+        body: dict[str, Any] = {"name": name, "options": _options(options)}
         if desired is not None:
             body["desiredState"] = desired.value
         await self._request("PUT", f"/units/{quote(name, safe='')}", body=body)
@@ -272,6 +367,27 @@ class Client:
             raise
         return decode_state(payload if isinstance(payload, dict) else {})
 
+    async def set_metadata(self, machine: str, values: Mapping[str, str], removed: Sequence[str] = ()) -> None:
+        """Set dynamic metadata of ``machine`` (``PATCH /machines``), and remove the keys ``removed``."""
+        ops: list[dict[str, Any]] = [
+            {"op": "replace", "path": f"/{machine}/metadata/{key}", "value": {"value": value}}
+            for key, value in values.items()
+        ]
+        ops += [{"op": "remove", "path": f"/{machine}/metadata/{key}"} for key in removed]
+        await self._request("PATCH", "/machines", body=ops)
+
+    async def plan(self, units: Sequence[tuple[str, Sequence[UnitOption] | None]]) -> ApiPlan:
+        """fleetpy's ``POST /fleetpy/v1/plan``: where units would run and why (``api/plan.py``); units given
+        without options are the cluster's."""
+        body = {
+            "units": [
+                {"name": name} if options is None else {"name": name, "options": _options(options)}
+                for name, options in units
+            ]
+        }
+        _, payload = await self._request("POST", "/plan", body=body, root=FLEETPY_API)
+        return decode_plan(payload if isinstance(payload, dict) else {})
+
     async def watch_errors(self) -> list[ApiWatchError]:
         """fleetpy's own endpoint: files of watched directories that are not applied, and why."""
         return [
@@ -284,3 +400,42 @@ class Client:
             )
             for e in await self._pages("/watch-errors", "watchErrors")
         ]
+
+    async def unit_output(
+        self, name: str, kind: str, *, lines: int = 10, follow: bool = False, output: str = "short", machine: str = ""
+    ) -> AsyncIterator[OutputEvent]:
+        """``kind`` (``status`` or ``journal``) of a unit from the machines that run it, as it streams in.
+        A followed journal has no overall time limit; connecting and each answer still have the request timeout
+        until the stream has started."""
+        params = {"lines": str(lines), "output": output}
+        if follow:
+            params["follow"] = "true"
+        if machine:
+            params["machineID"] = machine
+        url = f"{self.base}{FLEETPY_API}/units/{quote(name, safe='')}/{kind}"
+        timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout)
+        try:
+            method = "POST" if kind == "restart" else "GET"
+            async with self._http().request(method, url, params=params, timeout=timeout) as response:
+                if response.status >= 400:
+                    raw = await response.read()
+                    message = ""
+                    try:
+                        payload = json.loads(raw)
+                        message = str(payload["error"]["message"])
+                    except (ValueError, KeyError, TypeError):
+                        pass
+                    raise ApiError(response.status, message, raw.decode(errors="replace").strip())
+                async for line in response.content:
+                    if not line.strip():
+                        continue  # the server's heartbeat
+                    event = json.loads(line)
+                    code = event.get("exitCode")
+                    yield OutputEvent(
+                        machine=_s(event, "machineID"),
+                        output=_s(event, "output"),
+                        code=int(code) if code is not None else None,
+                        error=_s(event, "error"),
+                    )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise EndpointUnavailable(f"cannot reach the fleetpy API at {self.where}: {_reason(exc)}") from exc

@@ -29,8 +29,10 @@ from fleetpy.cloudconfig import CloudUnit
 from fleetpy.config import Settings
 from fleetpy.engine import Engine
 from fleetpy.errors import ConfigError
+from fleetpy.inspector import Inspector
 from fleetpy.keys import Keys
 from fleetpy.machine import detect_public_ip, read_machine_id
+from fleetpy.metrics import Metrics, new_metrics
 from fleetpy.model import MachineID
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
@@ -105,8 +107,10 @@ def listen_sockets() -> list[socket.socket]:
     return sockets
 
 
-async def start_api(registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool]) -> web.AppRunner:
-    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready))
+async def start_api(
+    registry: EtcdRegistry, settings: Settings, ready: Callable[[], bool], metrics: Metrics | None = None
+) -> web.AppRunner:
+    app = make_app(registry, ApiSettings(token_limit=settings.token_limit, ready=ready, metrics=metrics))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     inherited: set[object] = set()
@@ -138,13 +142,15 @@ async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
     machine has joined."""
     runtime = runtime_directory(settings)
     lock = _lock(runtime) if not settings.disable_agent else None  # one agent per runtime directory
+    metrics = new_metrics()
     client = EtcdClient(
         settings.etcd_servers,
         timeout=settings.etcd_request_timeout,
         username=settings.etcd_username,
         password=settings.etcd_password,
+        metrics=metrics,
     )
-    registry = EtcdRegistry(client, Keys(settings.etcd_key_prefix))
+    registry = EtcdRegistry(client, Keys(settings.etcd_key_prefix), metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -168,6 +174,7 @@ async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
             unitdir=UnitDirectory(units_dir),
             presence=presence,
             interval=settings.agent_reconcile_interval,
+            metrics=metrics,
         )
     if not settings.disable_engine:
         engine = Engine(
@@ -175,6 +182,7 @@ async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
             machine=MachineID(machine_id),
             leader_ttl=settings.leader_ttl,
             interval=settings.engine_reconcile_interval,
+            metrics=metrics,
         )
 
     watcher: Watcher | None = None
@@ -189,7 +197,7 @@ async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
     def ready() -> bool:
         return presence is None or presence.registered.is_set()
 
-    runner = await start_api(registry, settings, ready)
+    runner = await start_api(registry, settings, ready, metrics)
     log.info(
         "fleetpyd %s starting (machine %s, etcd %s, prefix %s)",
         __version__,
@@ -205,6 +213,8 @@ async def serve(settings: Settings, *, units: Sequence[CloudUnit] = ()) -> int:
                 notify("READY=1")
                 group.create_task(presence.run())
                 group.create_task(agent.run())
+                inspector = Inspector(registry=registry, machine=presence.machine.id, user=settings.systemd_user)
+                group.create_task(inspector.run())
             else:
                 notify("READY=1")
             if engine is not None:

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from fleetpy.api.app import ApiSettings, make_app
 from fleetpy.config import DEFAULT_DEV_STATE_DIR
+from fleetpy.devhost import HOLD
 from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
@@ -257,6 +258,7 @@ class SandboxHost:
                 },
                 handle,
             )
+        sweep_stale_cgroups(os.path.dirname(self.cgroup))
         os.makedirs(self.cgroup, exist_ok=True)
         procs = os.path.join(self.cgroup, "cgroup.procs")
 
@@ -300,6 +302,16 @@ class SandboxHost:
         )  # fmt: skip
         return '"running"' in result.stdout or '"degraded"' in result.stdout
 
+    def hold_fleetpyd(self) -> None:
+        """Keep the host's fleetpyd from being started or restarted (``devhost``), until released."""
+        with open(os.path.join(self.directory, HOLD), "w"):
+            pass
+
+    def release_fleetpyd(self) -> None:
+        """Let the host's init start fleetpyd again if it is not running (after its restart delay)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.directory, HOLD))
+
     def kill(self) -> None:
         """End the whole host at once: every process in its cgroup."""
         with contextlib.suppress(OSError), open(os.path.join(self.cgroup, "cgroup.kill"), "w") as handle:
@@ -315,18 +327,11 @@ class SandboxHost:
 
     def remove_cgroup(self) -> None:
         deadline = time.monotonic() + 5
-        while os.path.isdir(self.cgroup):
-            for root, dirs, _files in os.walk(self.cgroup, topdown=False):
-                for name in dirs:
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join(root, name))
-            try:
-                os.rmdir(self.cgroup)
-            except OSError:
-                if time.monotonic() > deadline:
-                    log.warning("could not remove cgroup %s", self.cgroup)
-                    return
-                time.sleep(0.05)
+        while not _remove_tree(self.cgroup):
+            if time.monotonic() > deadline:
+                log.warning("could not remove cgroup %s", self.cgroup)
+                return
+            time.sleep(0.05)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -343,8 +348,78 @@ class SandboxHost:
         }
 
 
+def _remove_tree(cgroup: str) -> bool:
+    """Remove a cgroup and its children, deepest first; whether it is gone."""
+    if not os.path.isdir(cgroup):
+        return True
+    for root, dirs, _files in os.walk(cgroup, topdown=False):
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    try:
+        os.rmdir(cgroup)
+    except OSError:
+        return False
+    return True
+
+
+def sweep_stale_cgroups(parent: str) -> None:
+    """Remove the empty groups of hosts whose owner died without cleaning up (a killed test run, say). Only
+    groups that hold no process at all (``populated 0``) and are older than a minute are touched."""
+    try:
+        entries = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    for name in entries:
+        path = os.path.join(parent, name)
+        try:
+            with open(os.path.join(path, "cgroup.events")) as handle:
+                populated = "populated 1" in handle.read()
+        except OSError:
+            continue
+        # A group younger than a minute may be one another process is about to move a host into.
+        if not populated and time.time() - os.stat(path).st_mtime > 60:
+            _remove_tree(path)
+
+
 def fleetpyd_command(config_path: str) -> list[str]:
     return [sys.executable, "-m", "fleetpy.cli.fleetpyd", "--config", config_path]
+
+
+def make_host(
+    state_dir: str,
+    index: int,
+    *,
+    etcd: str,
+    prefix: str,
+    agent_ttl: int,
+    metadata: str = "",
+    extra_config: Sequence[str] = (),
+) -> SandboxHost:
+    """Host number ``index`` of a dev cluster (not started): ``STATE_DIR/hosts/h<index>``, public IP
+    ``127.77.0.<10 + index>``, a fleetpy.conf for the cluster's etcd and prefix. Also how a machine joins a
+    running cluster later."""
+    name = f"h{index}"
+    directory = os.path.join(state_dir, "hosts", name)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    public_ip = f"127.77.0.{10 + index}"
+    config = [
+        f"etcd_servers = {etcd}",
+        f"etcd_key_prefix = {prefix}",
+        "systemd_user = true",
+        f"public_ip = {public_ip}",
+        f'metadata = "{metadata}"',
+        f"agent_ttl = {agent_ttl}s",
+        *extra_config,
+    ]
+    config_path = os.path.join(directory, "fleetpy.conf")
+    with open(config_path, "w") as handle:
+        handle.write("\n".join(config) + "\n")
+    # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
+    # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
+    env = {"ETCDCTL_ENDPOINTS": etcd}
+    return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -404,28 +479,16 @@ class DevCluster:
             )
 
     def new_host(self, index: int) -> SandboxHost:
-        name = f"h{index}"
-        directory = os.path.join(self.state_dir, "hosts", name)
-        shutil.rmtree(directory, ignore_errors=True)
-        os.makedirs(directory)
-        public_ip = f"127.77.0.{10 + index}"
         metadata = self.options.metadata[(index - 1) % len(self.options.metadata)] if self.options.metadata else ""
-        config = [
-            f"etcd_servers = {self.etcd_endpoint}",
-            f"etcd_key_prefix = {self.options.prefix}",
-            "systemd_user = true",
-            f"public_ip = {public_ip}",
-            f'metadata = "{metadata}"',
-            f"agent_ttl = {self.options.agent_ttl}s",
-            *self.options.extra_config,
-        ]
-        config_path = os.path.join(directory, "fleetpy.conf")
-        with open(config_path, "w") as handle:
-            handle.write("\n".join(config) + "\n")
-        # Units see the cluster's etcd in ETCDCTL_ENDPOINTS, as a CoreOS host's units saw a local etcd
-        # (a user manager passes its environment on to its units): examples/05's sidekick registers with etcdctl.
-        env = {"ETCDCTL_ENDPOINTS": self.etcd_endpoint}
-        return SandboxHost(directory, name, fleetpyd=fleetpyd_command(config_path), env=env, public_ip=public_ip)
+        return make_host(
+            self.state_dir,
+            index,
+            etcd=self.etcd_endpoint,
+            prefix=self.options.prefix,
+            agent_ttl=self.options.agent_ttl,
+            metadata=metadata,
+            extra_config=self.options.extra_config,
+        )
 
     def write_description(self) -> None:
         description = {

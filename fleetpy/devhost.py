@@ -4,12 +4,15 @@
 cgroup2 group. Here it gives the host its own ``/run``, a cgroup2 mount rooted at the host's group (without it a
 ``systemd --user`` would rearrange the cgroups of the whole machine), its own ``/etc/machine-id`` and hostname,
 then starts ``systemd --user`` and, once systemd's bus answers, the host's ``fleetpyd``. As init it reaps
-orphans, restarts ``fleetpyd`` when it dies of a failure (as ``Restart=on-failure`` would), and on SIGTERM stops
-``fleetpyd`` and exits, which ends every process of the host.
+orphans, restarts ``fleetpyd`` one second after it dies of a failure (as ``Restart=on-failure`` would), and on
+SIGTERM stops ``fleetpyd`` and exits, which ends every process of the host.
 
 Its configuration is ``HOSTDIR/host.json``: ``hostname``, ``env`` (extra environment), ``fleetpyd`` (the
 command, or empty for a host with systemd only) and ``private_etc`` (an overlay on ``/etc`` whose changes stay
-in the host, for a fleetpyd that writes files there, as ``--cloud-config`` does).
+in the host, for a fleetpyd that writes files there, as ``--cloud-config`` does). While the file
+``HOSTDIR/hold-fleetpyd`` exists, init does not start (or restart) ``fleetpyd``; once it is removed, a start that
+is due happens. Tests use it to keep a killed daemon down (``SandboxHost.hold_fleetpyd``), as an administrator
+would stop a service's restarts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from fleetpy.errors import FleetError
 from fleetpy.systemd.dbus import DbusSystemd
 
 RUNTIME = "/run/user/0"
+HOLD = "hold-fleetpyd"
+JOURNALD = "/lib/systemd/systemd-journald"
+JOURNAL_STDOUT = "/run/systemd/journal/stdout"
+# Volatile storage only (in the host's own /run): the machine's /var/log/journal must never be written to.
+JOURNALD_CONF = "[Journal]\nStorage=volatile\nRuntimeMaxUse=16M\nForwardToSyslog=no\nForwardToWall=no\nReadKMsg=no\n"
 
 
 def _mount(*args: str) -> None:
@@ -47,6 +55,7 @@ def _prepare(host_dir: str, config: dict[str, Any]) -> dict[str, str]:
         _mount("-t", "overlay", "-o", options, "overlay", "/etc")
     _mount("--bind", os.path.join(host_dir, "machine-id"), "/etc/machine-id")
     subprocess.run(["hostname", config["hostname"]], check=True)
+    _private_journal(host_dir)
     os.makedirs("/run/systemd/system", exist_ok=True)  # the marker that lets systemd --user start
     os.makedirs(RUNTIME, exist_ok=True)
     os.chmod(RUNTIME, 0o700)
@@ -61,6 +70,34 @@ def _prepare(host_dir: str, config: dict[str, Any]) -> dict[str, str]:
     }
     env.update(config.get("env", {}))
     return env
+
+
+def _private_journal(host_dir: str) -> None:
+    """journald's configuration and persistent directory of this host only (see ``_start_journald``)."""
+    journal = os.path.join(host_dir, "journal")
+    os.makedirs(os.path.join(journal, "var"), exist_ok=True)
+    conf = os.path.join(journal, "journald.conf")
+    with open(conf, "w") as handle:
+        handle.write(JOURNALD_CONF)
+    if os.path.exists("/etc/systemd/journald.conf"):
+        _mount("--bind", conf, "/etc/systemd/journald.conf")
+    if os.path.isdir("/var/log/journal"):
+        _mount("--bind", os.path.join(journal, "var"), "/var/log/journal")
+
+
+def _start_journald(log: Any) -> subprocess.Popen[bytes] | None:
+    """A systemd-journald of the host's own, so that unit output is kept and ``journalctl`` inside the host
+    shows it (the sandbox host has no system manager that would start one). It binds its sockets under the
+    host's own ``/run/systemd/journal`` and writes to ``/run/log/journal/<machine id>``. Started before
+    ``systemd --user``, which connects its units' output to it. ``None`` if journald is not installed."""
+    if not os.access(JOURNALD, os.X_OK):
+        return None
+    os.makedirs("/run/systemd/journal", exist_ok=True)
+    journald = subprocess.Popen([JOURNALD], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(JOURNAL_STDOUT) and journald.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return journald
 
 
 async def _systemd_ready(deadline: float) -> None:
@@ -86,12 +123,15 @@ def main(argv: list[str]) -> int:
         config = json.load(handle)
     env = _prepare(host_dir, config)
     log = open(os.path.join(host_dir, "host.log"), "ab", buffering=0)  # noqa: SIM115 - lives as long as init
+    _start_journald(log)
     systemd = subprocess.Popen(["systemd", "--user"], env=env, stdout=log, stderr=log, start_new_session=True)
     asyncio.run(_systemd_ready(time.monotonic() + 30))
     command: list[str] = config.get("fleetpyd") or []
     daemon: subprocess.Popen[bytes] | None = None
     stopping = False
+    due = bool(command)  # fleetpyd should be started (at restart_at, unless held)
     restart_at = 0.0
+    hold = os.path.join(host_dir, HOLD)
 
     def start_daemon() -> subprocess.Popen[bytes]:
         out = open(os.path.join(host_dir, "fleetpyd.log"), "ab", buffering=0)  # noqa: SIM115
@@ -106,8 +146,6 @@ def main(argv: list[str]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    if command:
-        daemon = start_daemon()
     while True:
         # Reap every child (orphans of the host are re-parented to us).
         while True:
@@ -122,7 +160,7 @@ def main(argv: list[str]) -> int:
                 failed = daemon.returncode != 0
                 daemon = None
                 if failed and not stopping:
-                    restart_at = time.monotonic() + 1.0
+                    due, restart_at = True, time.monotonic() + 1.0
             elif pid == systemd.pid:
                 return 1  # without systemd the host is gone
         if stopping:
@@ -133,8 +171,8 @@ def main(argv: list[str]) -> int:
                 except subprocess.TimeoutExpired:
                     daemon.kill()
             return 0
-        if daemon is None and restart_at and time.monotonic() >= restart_at:
-            restart_at = 0.0
+        if daemon is None and due and time.monotonic() >= restart_at and not os.path.exists(hold):
+            due = False
             daemon = start_daemon()
         time.sleep(0.1)
 

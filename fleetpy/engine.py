@@ -8,7 +8,8 @@ write anything after it wakes.
 
 The leader keeps the cluster in memory from watches (units, machines, dynamic metadata, the schedule, and
 which machines report which units), runs the pure ``plan.engine_plan`` when something changed (and on a
-periodic tick as a safety net), and applies the result in fenced batches.
+periodic tick as a safety net), and applies the result in fenced batches. Why a unit is placed nowhere is
+stored too (``P/unplaced/<unit>``, written only when it changes), so that every fleetpyd's API can show it.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 
 from fleetpy.errors import LeadershipLost, RegistryUnavailable
 from fleetpy.loop import Reconciler
+from fleetpy.metrics import Metrics
 from fleetpy.model import Machine, MachineID, ScheduleEntry, merge_metadata
-from fleetpy.plan import ClusterSnapshot, EnginePlan, Unschedule, engine_plan
+from fleetpy.plan import ClusterSnapshot, EngineAction, EnginePlan, Schedule, Unschedule, Update, engine_plan
 from fleetpy.registry.base import EngineRegistry
 from fleetpy.retry import until_success
 
 log = logging.getLogger(__name__)
+_TASK_TYPES = {Schedule: "attemptscheduleunit", Unschedule: "unscheduleunit", Update: "updateunit"}
 
 
 class Engine:
@@ -36,8 +40,10 @@ class Engine:
         machine: MachineID,
         leader_ttl: int = 5,
         interval: float = 5.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.registry = registry
+        self.metrics = metrics
         self.machine = machine
         self.leader_ttl = leader_ttl
         self.interval = interval
@@ -51,6 +57,7 @@ class Engine:
         self._meta = registry.machine_meta_prefix()
         self._schedule = registry.all_schedule_prefix()
         self._states = registry.states_presence_prefix()
+        self._reasons = registry.unplaced_prefix()
 
     async def run(self) -> None:
         while True:
@@ -82,9 +89,15 @@ class Engine:
         self.fence = fence
         self._deposed.clear()
         self.leading.set()
-        mirror = self.registry.mirror([self._units, self._machines, self._meta, self._schedule, self._states])
+        if self.metrics is not None:
+            self.metrics.engine_leader_start_time.set(time.time())
+        mirror = self.registry.mirror(
+            [self._units, self._machines, self._meta, self._schedule, self._states, self._reasons]
+        )
         self._mirror = mirror
-        reconciler = Reconciler("engine", self._pass, interval=self.interval, wake=mirror.changed, settle=0.02)
+        reconciler = Reconciler(
+            "engine", self._pass, interval=self.interval, wake=mirror.changed, settle=0.02, metrics=self.metrics
+        )
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._keep_lease(lease))
@@ -140,6 +153,18 @@ class Engine:
             reported={unit: frozenset(ms) for unit, ms in reported.items()},
         )
 
+    def _count_tasks(self, actions: Sequence[EngineAction], *, failed: bool) -> None:
+        """fleet's task metrics: one task per action, by fleet's type names (``updateunit`` is fleetpy's)."""
+        if self.metrics is None:
+            return
+        for action in actions:
+            kind = _TASK_TYPES[type(action)]
+            self.metrics.engine_task_count.labels(kind).inc()
+            if failed:
+                self.metrics.engine_task_failure_count.labels(kind).inc()
+            elif isinstance(action, Unschedule) and "went away" in action.reason:
+                self.metrics.engine_reconcile_failure_count.labels("machine_away").inc()
+
     async def _pass(self) -> float | None:
         fence = self.fence
         if fence is None or not self._mirror.loaded.is_set():
@@ -149,22 +174,40 @@ class Engine:
         for unit, reason in sorted(plan.unplaced.items()):
             if self.unplaced.get(unit) != reason:
                 log.info("unit %s not placed: %s", unit, reason)
+                if self.metrics is not None and unit not in self.unplaced:
+                    self.metrics.engine_reconcile_failure_count.labels("schedule").inc()
         self.unplaced = plan.unplaced
-        if not plan.actions:
-            return None
+        # Reasons are stored for the API of every fleetpyd: written when they change, deleted once the unit
+        # is placed, destroyed or no longer wanted.
+        stored = self._reasons.items
+        reasons = {unit: reason for unit, reason in plan.unplaced.items() if stored.get(unit) != reason}
+        cleared = [unit for unit in stored if unit not in plan.unplaced]
         ops = [op for action in plan.actions for op in self.registry.engine_ops(action)]
+        ops += self.registry.reason_ops(reasons, cleared)
+        if not ops:
+            return None
         try:
             revisions = await self.registry.apply_fenced(ops, fence)
         except LeadershipLost:
+            log.warning("Engine: fenced write refused (fence %d): another engine leads; this pass stops here", fence)
+            self._count_tasks(plan.actions, failed=True)
             self._deposed.set()
             return None
-        revision = revisions[-1]  # only this engine writes the schedule: the newest revision is safe for all
+        except RegistryUnavailable:
+            self._count_tasks(plan.actions, failed=True)
+            raise
+        self._count_tasks(plan.actions, failed=False)
+        revision = revisions[-1]  # only this engine writes these keys: the newest revision is safe for all
         for action in plan.actions:
             tail = f"{action.entry.machine}/{action.entry.unit}"
             if isinstance(action, Unschedule):
                 self._schedule.delete_local(tail, revision)
             else:
                 self._schedule.set_local(tail, action.entry, revision)
+        for unit, reason in reasons.items():
+            self._reasons.set_local(unit, reason, revision)
+        for unit in cleared:
+            self._reasons.delete_local(unit, revision)
         verbose = len(plan.actions) <= 50
         for action in plan.actions:
             if verbose:

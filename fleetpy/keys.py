@@ -81,6 +81,18 @@ class Keys:
     def state(self, machine: str, unit: str = "") -> str:
         return f"{self.states_all}{machine}/{unit}"
 
+    # status and journal relay (fleetpy.relay): P/requests/<machine>/<id> for that machine's inspector,
+    # P/replies/<id>/<chunk> back; both on the requesting API's lease
+    @property
+    def requests_all(self) -> str:
+        return f"{self.prefix}/requests/"
+
+    def request(self, machine: str, request_id: str = "") -> str:
+        return f"{self.requests_all}{machine}/{request_id}"
+
+    def replies(self, request_id: str, tail: str = "") -> str:
+        return f"{self.prefix}/replies/{request_id}/{tail}"
+
     # engine
     @property
     def leader(self) -> str:

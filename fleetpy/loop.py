@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from fleetpy.errors import TransientError
+from fleetpy.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,14 @@ class Reconciler:
         interval: float,
         wake: asyncio.Event | None = None,
         settle: float = 0.01,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name
         self._reconcile = reconcile
         self.interval = interval
         self.wake_event = wake if wake is not None else asyncio.Event()
         self.settle = settle
+        self.metrics = metrics
         self.passes = 0
         self.last_duration = 0.0
 
@@ -60,6 +63,8 @@ class Reconciler:
             try:
                 again = await self._reconcile()
             except TransientError as exc:
+                if self.metrics is not None:
+                    self.metrics.reconciled(self.name, time.monotonic() - started, failed=True)
                 failures += 1
                 delay = min(5.0, 0.2 * 2 ** min(failures, 5))
                 level = logging.WARNING if failures in (1, 5) or failures % 50 == 0 else logging.DEBUG
@@ -68,6 +73,8 @@ class Reconciler:
             failures = 0
             self.passes += 1
             self.last_duration = time.monotonic() - started
+            if self.metrics is not None:
+                self.metrics.reconciled(self.name, self.last_duration, failed=False)
             if self.last_duration > self.interval:
                 log.warning(
                     "%s: pass took %.2fs, longer than its interval %.2fs", self.name, self.last_duration, self.interval

@@ -112,6 +112,7 @@ class UnitView:
     placements: Mapping[MachineID, ScheduleEntry]
     states: Mapping[MachineID, UnitState]
     revision: int  # the mod revision of the unit record, for compare-and-swap updates
+    reason: str = ""  # why the engine placed it nowhere (P/unplaced/<name>), "" when placed or not wanted
 
     @property
     def machine(self) -> MachineID | None:

@@ -11,15 +11,20 @@ Engine plan, in phases (FLEET-SPEC §3.3–3.7 with the fixes of §9):
 2. accept the remaining entries machine by machine in unit-name order, each checked against the units
    accepted before it (conflicts, metadata, replaces), so of two entries that clash the first by name stays;
    a unit whose ``MachineOf`` peer is not on its machine is dropped (repeated until nothing changes);
-3. give every eligible machine an entry for each ``Global`` unit (entries already there win);
+3. give every eligible machine an entry for each ``Global`` unit: entries already there win; of two global
+   units that conflict, one already placed somewhere goes first, then name order; a global unit that no
+   machine can run gets a reason;
 4. place the remaining units, in name order, on the least-loaded machine that passes every check; a unit
    that was displaced by a ``Replaces`` is placed again, with its own requirements, and so are the units
    that followed it there (``MachineOf``); a replaced global unit just leaves that machine; a unit still
-   reported on another machine waits until that machine has unloaded it (never on two machines at once);
+   reported on another live machine waits until that machine has unloaded it (never on two machines at
+   once), unless that machine is the only one reporting it and may run it, in which case it stays there;
    phases 3 and 4 run again while a displacement made room or a new global entry appeared;
 5. bring kept entries up to date with their unit's hash and desired state.
 
 The actions are netted to one per schedule key (a unit placed and displaced in one pass is not written).
+Every unit that is wanted but placed nowhere has a reason that counts, per rule, the machines it ruled out;
+``preview`` runs the same plan for units that are not submitted yet and explains every machine's verdict.
 
 Agent plan: fleet's ordering (unload, load, reload, stop, start), executed until the first failure.
 """
@@ -27,13 +32,24 @@ Agent plan: fleet's ordering (unload, load, reload, stop, start), executed until
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitRecord
-from fleetpy.scheduler import LoadIndex, MachineView, Placed, check, choose, displaced
+from fleetpy.scheduler import (
+    LoadIndex,
+    MachineView,
+    Placed,
+    Unplaceable,
+    Verdict,
+    check,
+    choose,
+    displaced,
+    rank,
+    summarize,
+)
 from fleetpy.unit import Requirements, name_info, requirements
 
 # ------------------------------------------------------------------------------------------------------------
@@ -75,6 +91,8 @@ EngineAction = Schedule | Unschedule | Update
 class EnginePlan:
     actions: tuple[EngineAction, ...]
     unplaced: Mapping[str, str]  # unit → why no machine runs it
+    # unit → how every machine fared, for the units the caller asked about (``explain``); least loaded first
+    explanations: Mapping[str, tuple[Verdict, ...]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.actions)
@@ -103,8 +121,16 @@ MAX_ROUNDS = 8
 
 
 def engine_plan(
-    snapshot: ClusterSnapshot, reqs_of: Callable[[UnitRecord], Requirements] = requirements_of
+    snapshot: ClusterSnapshot,
+    reqs_of: Callable[[UnitRecord], Requirements] = requirements_of,
+    *,
+    explain: frozenset[str] = frozenset(),
 ) -> EnginePlan:
+    """The engine's next actions for ``snapshot`` (see the module docstring for the phases).
+
+    ``explain`` names units whose every machine's verdict the plan should record (``EnginePlan.explanations``),
+    as the scheduler saw them when it decided; the engine itself asks for none.
+    """
     units = snapshot.units
     machines = snapshot.machines
     actions: list[EngineAction] = []
@@ -182,7 +208,14 @@ def engine_plan(
 
     unplaced: dict[str, str] = {}
     displacements: dict[str, int] = {}
-    global_units = sorted(n for n in units if units[n].is_global and wanted(n))
+    explanations: dict[str, tuple[Verdict, ...]] = {}
+    # Of two global units that conflict, the one already placed somewhere keeps its machines and is offered
+    # new machines first (fleet let the first by name displace a running one, FLEET-SPEC §9.10); among units
+    # placed nowhere yet, name order decides.
+    established = {name for entries in kept.values() for name in entries if units[name].is_global}
+    global_units = sorted(
+        (n for n in units if units[n].is_global and wanted(n)), key=lambda n: (n not in established, n)
+    )
 
     def place_globals() -> bool:
         """Phase 3: every global unit on every machine where it passes its checks."""
@@ -202,11 +235,20 @@ def engine_plan(
             retry: list[str] = []
             progress = False
             for name in queue:
+                if name in explain:
+                    explanations[name] = rank(name, reqs[name], index)
                 elsewhere = sorted(snapshot.reported.get(name, frozenset()) & views.keys())
                 if elsewhere:
-                    unplaced[name] = f"waiting for it to stop on Machine({elsewhere[0]})"
-                    continue
-                decision = choose(name, reqs[name], index)
+                    # Still loaded on a live machine: never start a second copy. The unit may stay where it
+                    # is if that machine is the only one reporting it and passes every check (a machine
+                    # that came back with the unit still running); otherwise it waits for it to stop there.
+                    here = views[elsewhere[0]]
+                    if len(elsewhere) > 1 or check(name, reqs[name], here) is not None:
+                        unplaced[name] = f"waiting for it to stop on Machine({elsewhere[0]})"
+                        continue
+                    decision: Placed | Unplaceable = Placed(here.id, tuple(displaced(name, reqs[name], here)))
+                else:
+                    decision = choose(name, reqs[name], index)
                 if not isinstance(decision, Placed):
                     unplaced[name] = decision.reason
                     if reqs[name].peers:
@@ -255,6 +297,21 @@ def engine_plan(
             break
         freed = place(pending())
 
+    # A global unit that runs nowhere says why: every machine ruled it out.
+    for name in global_units:
+        if not any(name in view.units for view in views.values()):
+            unplaced[name] = summarize(
+                (r for v in views.values() if (r := check(name, reqs[name], v)) is not None), len(views)
+            ).reason
+
+    # Explanations the plan did not record when it decided (units kept where they are, global units): how
+    # every machine fares against the planned result.
+    for name in sorted(explain & units.keys()):
+        if name not in explanations or units[name].is_global:
+            explanations[name] = tuple(
+                Verdict(v.id, v.load, None if name in v.units else check(name, reqs[name], v)) for v in index
+            )
+
     # Phase 5: bring kept entries up to date.
     for mid, entries in kept.items():
         for name, entry in sorted(entries.items()):
@@ -263,7 +320,7 @@ def engine_plan(
                 new = ScheduleEntry(name, mid, record.hash, record.desired)
                 actions.append(Update(new, _update_reason(entry, record)))
 
-    return EnginePlan(_net(actions, snapshot.schedule), unplaced)
+    return EnginePlan(_net(actions, snapshot.schedule), unplaced, explanations)
 
 
 def _stranded(view: MachineView) -> list[tuple[str, str]]:
@@ -331,6 +388,57 @@ def apply_engine_plan(snapshot: ClusterSnapshot, plan: EnginePlan) -> ClusterSna
         else:
             entries[action.entry.unit] = action.entry
     return ClusterSnapshot(snapshot.units, snapshot.machines, schedule, snapshot.reported)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitPreview:
+    """Where one unit would run after the engine's next plan, and how every machine fared.
+
+    ``machines`` is empty when it would run nowhere (``reason`` says why), and holds several machines for a
+    global unit. ``kept`` says it is already placed there. ``verdicts`` lists every machine, least loaded
+    first, with the check it fails (``None``: it passes every check).
+    """
+
+    unit: str
+    machines: tuple[MachineID, ...]
+    kept: bool
+    reason: str
+    verdicts: tuple[Verdict, ...]
+    is_global: bool = False
+
+
+@dataclass(frozen=True)
+class Preview:
+    units: tuple[UnitPreview, ...]
+    actions: tuple[EngineAction, ...]  # every write the plan would make, also for other units
+
+
+def preview(snapshot: ClusterSnapshot, records: Sequence[UnitRecord]) -> Preview:
+    """What the engine would do if ``records`` were submitted as they are (replacing units of the same
+    name): the plan, and for each record where it would go and why every other machine was not chosen."""
+    units = dict(snapshot.units)
+    for record in records:
+        units[record.name] = record
+    trial = ClusterSnapshot(units, snapshot.machines, snapshot.schedule, snapshot.reported)
+    plan = engine_plan(trial, explain=frozenset(r.name for r in records))
+    result = apply_engine_plan(trial, plan).schedule
+    scheduled = {a.entry.unit for a in plan.actions if isinstance(a, Schedule)}
+    previews = []
+    for record in records:
+        name = record.name
+        machines = tuple(sorted(mid for mid, entries in result.items() if name in entries))
+        if machines:
+            reason = ""
+        elif _is_template(name):
+            reason = "templates are never placed"
+        elif record.desired == DesiredState.INACTIVE:
+            reason = "target state inactive"
+        else:
+            reason = plan.unplaced.get(name, "")
+        kept = bool(machines) and name not in scheduled
+        verdicts = plan.explanations.get(name, ())
+        previews.append(UnitPreview(name, machines, kept, reason, verdicts, record.is_global))
+    return Preview(tuple(previews), plan.actions)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
     """fleet's ``AbleToRun`` for placement: ``None`` when ``name`` may run on ``view``'s machine.
 
     A unit may land where a unit it replaces sits (that unit is moved away); it may not land where a unit
-    that replaces it sits.
+    that replaces it sits. The messages are fleet's (FLEET-SPEC §3.5).
     """
     machine = view.machine
     if reqs.machine_id is not None and not machine_id_matches(reqs.machine_id, machine.id):
@@ -139,14 +139,15 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
     for peer in reqs.peers:
         if peer not in view.units:
             return Rejection(Rule.PEERS, f"required peer Unit({peer}) is not scheduled locally")
-    for other in sorted(view.units):
-        if other == name:
-            continue
-        other_reqs = view.units[other]
-        if conflicts_between(name, reqs, other, other_reqs):
+    others = [other for other in sorted(view.units) if other != name]
+    # fleet checks every conflict before any replace (§3.5 steps 4 and 5), so a machine that fails both is
+    # counted against Conflicts.
+    for other in others:
+        if conflicts_between(name, reqs, other, view.units[other]):
             return Rejection(Rule.CONFLICTS, f"found conflict with locally-scheduled Unit({other})")
-        if replaces(other_reqs, other=name) and not replaces(reqs, other):
-            return Rejection(Rule.REPLACES, f"replaced by locally-scheduled Unit({other})")
+    for other in others:
+        if replaces(view.units[other], other=name) and not replaces(reqs, other):
+            return Rejection(Rule.REPLACES, f"found replace with locally-scheduled Unit({other})")
     return None
 
 
@@ -226,6 +227,9 @@ class Unplaceable:
     examples: tuple[tuple[str, str], ...] = ()
 
 
+NO_MACHINES = "zero agents available"
+
+
 def describe(counts: Mapping[Rule, int], examples: Mapping[Rule, str], total: int) -> str:
     parts = [
         f"{rule.value} ruled out {count} of {total} machine{'s' if total != 1 else ''} ({examples[rule]})"
@@ -234,13 +238,41 @@ def describe(counts: Mapping[Rule, int], examples: Mapping[Rule, str], total: in
     return "no machine can run it: " + "; ".join(parts)
 
 
+class _Tally:
+    """Rejections counted per rule, with the first message of each rule as its example."""
+
+    def __init__(self) -> None:
+        self.counts: dict[Rule, int] = {}
+        self.examples: dict[Rule, str] = {}
+
+    def add(self, rule: Rule, message: str, count: int = 1) -> None:
+        self.counts[rule] = self.counts.get(rule, 0) + count
+        self.examples.setdefault(rule, message)
+
+    def unplaceable(self, total: int) -> Unplaceable:
+        return Unplaceable(
+            describe(self.counts, self.examples, total),
+            tuple((rule.value, count) for rule, count in self.counts.items()),
+            tuple((rule.value, message) for rule, message in self.examples.items()),
+        )
+
+
+def summarize(rejections: Iterable[Rejection], total: int) -> Unplaceable:
+    """Why a unit runs on none of ``total`` machines, each of which rejected it."""
+    if not total:
+        return Unplaceable(NO_MACHINES)
+    tally = _Tally()
+    for rejection in rejections:
+        tally.add(rejection.rule, rejection.message)
+    return tally.unplaceable(total)
+
+
 def choose(name: str, reqs: Requirements, index: LoadIndex) -> Placed | Unplaceable:
     """The least-loaded machine that passes every check, or why there is none."""
     total = len(index)
     if not total:
-        return Unplaceable("zero agents available")
-    counts: dict[Rule, int] = {}
-    examples: dict[Rule, str] = {}
+        return Unplaceable(NO_MACHINES)
+    tally = _Tally()
     candidates: Iterable[MachineView] = index
     if reqs.machine_id is not None:
         # Pinned: at most one machine can pass; look it up instead of scanning the cluster.
@@ -249,16 +281,25 @@ def choose(name: str, reqs: Requirements, index: LoadIndex) -> Placed | Unplacea
             (v for v in index.views.values() if machine_id_matches(pinned, v.id)), key=lambda v: (v.load, v.id)
         )
         if total > len(candidates):
-            counts[Rule.MACHINE_ID] = total - len(candidates)
-            examples[Rule.MACHINE_ID] = f'agent ID does not match required "{pinned}"'
+            tally.add(Rule.MACHINE_ID, f'agent ID does not match required "{pinned}"', total - len(candidates))
     for view in candidates:
         rejection = check(name, reqs, view)
         if rejection is None:
             return Placed(view.id, tuple(displaced(name, reqs, view)))
-        counts[rejection.rule] = counts.get(rejection.rule, 0) + 1
-        examples.setdefault(rejection.rule, rejection.message)
-    return Unplaceable(
-        describe(counts, examples, total),
-        tuple((rule.value, count) for rule, count in counts.items()),
-        tuple((rule.value, message) for rule, message in examples.items()),
-    )
+        tally.add(rejection.rule, rejection.message)
+    return tally.unplaceable(total)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How one machine fares for one unit: its load then, and the check it fails (``None``: it passes all)."""
+
+    machine: MachineID
+    load: int
+    rejection: Rejection | None = None
+
+
+def rank(name: str, reqs: Requirements, index: LoadIndex) -> tuple[Verdict, ...]:
+    """Every machine, in the order ``choose`` considers them, with the check it fails: the first machine that
+    passes is the one ``choose`` picks. For explanations (``fleetpyctl plan``); it checks every machine."""
+    return tuple(Verdict(view.id, view.load, check(name, reqs, view)) for view in index)

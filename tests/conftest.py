@@ -41,10 +41,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def workdir() -> Iterator[str]:
+    """The session's directory for etcd data, hosts and logs; FLEETPY_KEEP_TESTDIR=1 keeps it for a post-mortem."""
     # Short paths: unix socket paths inside sandbox hosts must stay under 108 bytes.
     directory = tempfile.mkdtemp(prefix="fpt-", dir="/tmp")
     yield directory
-    shutil.rmtree(directory, ignore_errors=True)
+    if os.environ.get("FLEETPY_KEEP_TESTDIR") == "1":
+        print(f"\nkept the test directory {directory}")
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fleetpy.devcluster import EtcdServer
+from fleetpy.devcluster import EtcdServer, SandboxHost, make_host
+from fleetpy.devhost import HOLD
+from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.systemd.dbus import DbusSystemd
 
@@ -66,6 +68,15 @@ async def main_pid(bus: str, name: str) -> int:
         return await systemd.main_pid(name)
 
 
+RUNNING = frozenset({"active", "activating", "deactivating", "reloading"})
+
+
+async def running_units(systemd: DbusSystemd, names: list[str]) -> set[str]:
+    """Which of ``names`` the host's systemd runs (a process may be up: active, starting, stopping)."""
+    statuses = await systemd.statuses(names)
+    return {name for name, status in statuses.items() if status.active in RUNNING}
+
+
 @dataclass
 class CtlResult:
     code: int
@@ -88,6 +99,19 @@ class Machine:
         """The agent's unit directory, as seen from outside the host."""
         return os.path.join(self.dir, "run", "user", "0", "fleetpy", "units")
 
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.dir, "fleetpyd.log")
+
+    def hold_fleetpyd(self) -> None:
+        """Keep the host's init from (re)starting its fleetpyd (``fleetpy.devhost``)."""
+        with open(os.path.join(self.dir, HOLD), "w"):
+            pass
+
+    def release_fleetpyd(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, HOLD))
+
     def fleetpyd_pid(self) -> int:
         try:
             with open(f"/proc/{self.host_pid}/task/{self.host_pid}/children") as handle:
@@ -108,17 +132,30 @@ class Cluster:
     """A running ``fleetpyd dev`` (a subprocess of the test) on an etcd the test controls."""
 
     def __init__(
-        self, state_dir: str, etcd: EtcdServer, machines: int = 3, agent_ttl: int = 10, extra: tuple[str, ...] = ()
+        self,
+        state_dir: str,
+        etcd: EtcdServer,
+        machines: int = 3,
+        agent_ttl: int = 10,
+        extra: tuple[str, ...] = (),
+        *,
+        metadata: tuple[str, ...] = (),
+        config: tuple[str, ...] = (),
     ) -> None:
+        """``metadata``: per machine, cycled; ``config``: extra fleetpy.conf lines of every host."""
         self.state_dir = state_dir
         self.etcd = etcd
         self.api_socket = os.path.join(state_dir, "api.sock")
         self.prefix = "/fleetpy-" + os.path.basename(state_dir)[-12:]
         self.agent_ttl = agent_ttl
+        self.config = config
+        self.added: list[SandboxHost] = []
+        options = [arg for m in metadata for arg in ("--metadata", m)]
+        options += [arg for line in config for arg in ("--config", line)]
         command = [
             sys.executable, "-m", "fleetpy.cli.fleetpyd", "dev", "--machines", str(machines),
             "--state-dir", state_dir, "--api-socket", self.api_socket, "--etcd", etcd.endpoint,
-            "--prefix", self.prefix, "--agent-ttl", str(agent_ttl), *extra,
+            "--prefix", self.prefix, "--agent-ttl", str(agent_ttl), *options, *extra,
         ]  # fmt: skip
         self.log = open(os.path.join(os.path.dirname(state_dir), os.path.basename(state_dir) + ".log"), "ab")  # noqa: SIM115
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log, cwd=ROOT)
@@ -172,7 +209,59 @@ class Cluster:
     def kill_host(self, machine: Machine) -> None:
         os.kill(machine.host_pid, signal.SIGKILL)
 
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    async def leader(self) -> str:
+        """The machine ID in the engine leader key, ``""`` when no engine leads."""
+        client = self.registry_client()
+        try:
+            kv = await client.get(self.keys.leader)
+            return kv.value.decode() if kv is not None else ""
+        finally:
+            await client.close()
+
+    async def add_host(self, index: int, metadata: str = "") -> Machine:
+        """Start another machine (``h<index>``) that joins the running cluster, as a new host would; it is
+        stopped with the cluster. Returns once it is registered."""
+        host = make_host(
+            self.state_dir,
+            index,
+            etcd=self.etcd.endpoint,
+            prefix=self.prefix,
+            agent_ttl=self.agent_ttl,
+            metadata=metadata,
+            extra_config=self.config,
+        )
+        self.added.append(host)
+        host.start()
+        await asyncio.to_thread(host.wait_ready)
+        info = host.describe()
+        machine = Machine(info["id"], info["name"], info["bus"], info["dir"], info["public_ip"], host.host_pid, "")
+        self.machines.append(machine)
+
+        async def registered() -> bool:
+            return machine.id[:8] in self.ctl("list-machines", "--no-legend").out
+
+        await wait_for(registered, timeout=60, what=f"{host.name} to register")
+        return machine
+
+    def host_logs(self, lines: int = 30) -> str:
+        """The end of every host's fleetpyd log, for failure messages."""
+        parts = []
+        for machine in self.machines:
+            try:
+                with open(machine.log_path, errors="replace") as handle:
+                    tail = "".join(handle.readlines()[-lines:])
+            except OSError:
+                tail = "(no log)\n"
+            parts.append(f"--- {machine.name} ({machine.id[:8]}) fleetpyd.log:\n{tail}")
+        return "".join(parts)
+
     def stop(self) -> None:
+        for host in self.added:
+            host.kill()
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:

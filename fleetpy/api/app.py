@@ -18,9 +18,10 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy import __version__
-from fleetpy.api import schema
+from fleetpy.api import discovery, metrics, relay, schema
 from fleetpy.api.schema import BadRequest
 from fleetpy.errors import Conflict, FleetError, InvalidUnit, RegistryUnavailable, UnitNotFound
+from fleetpy.metrics import Metrics, new_metrics
 from fleetpy.model import DesiredState, MachineID, UnitRecord, UnitView
 from fleetpy.registry.base import ApiRegistry
 from fleetpy.unit import UnitFile, UnitOption, name_info, validate_name, validate_requirements
@@ -45,9 +46,12 @@ class HttpError(Exception):
 
 
 class ApiSettings:
-    def __init__(self, *, token_limit: int = 100, ready: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, *, token_limit: int = 100, ready: Callable[[], bool] = lambda: True, metrics: Metrics | None = None
+    ) -> None:
         self.token_limit = token_limit
         self.ready = ready
+        self.metrics = metrics or new_metrics(process=False)
         self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
         self.listings: dict[tuple[str, ...], tuple[float, list[Any]]] = {}
 
@@ -149,12 +153,13 @@ async def _unit_json(request: web.Request, view: UnitView) -> dict[str, Any]:
         current=view.current,
         machine=view.machine,
         options=await _options_of(request, view),
+        reason=view.reason if not view.placements else "",
     )
 
 
-def _method_not_allowed(message: str) -> Handler:
+def _method_not_allowed(message: str, status: int = 405) -> Handler:
     async def handler(_request: web.Request) -> web.StreamResponse:
-        return error_response(405, message)
+        return error_response(status, message)
 
     return handler
 
@@ -345,11 +350,20 @@ async def list_watch_errors(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.Application:
+    # Handlers in other modules of fleetpy.api use this module's keys and errors: imported here, not above.
+    from fleetpy.api import batch, plan
+    from fleetpy.api.machines import patch_machines
+
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_REQUEST)
     app[REGISTRY] = registry
     app[SETTINGS] = settings or ApiSettings()
     for prefix in PREFIXES:
+        app.router.add_route("GET", f"{prefix}/discovery", discovery.get_discovery)
+        app.router.add_route(
+            "*", f"{prefix}/discovery", _method_not_allowed("only HTTP GET supported against this resource", 400)
+        )
         app.router.add_route("GET", f"{prefix}/machines", list_machines)
+        app.router.add_route("PATCH", f"{prefix}/machines", patch_machines)
         app.router.add_route(
             "*", f"{prefix}/machines", _method_not_allowed("only GET and PATCH supported against this resource")
         )
@@ -374,8 +388,9 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
             "*", f"{prefix}/watch-errors", _method_not_allowed("only GET supported against this resource")
         )
         app.router.add_route("*", prefix, _method_not_allowed(""))
-    from fleetpy.api import batch  # imports this module's handlers; imported here to avoid a cycle
-
+    relay.add_routes(app, registry)
+    metrics.add_routes(app, registry, app[SETTINGS].metrics)
+    plan.add_routes(app)
     app.router.add_route("POST", f"{batch.PREFIX}/units", batch.post_units)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)

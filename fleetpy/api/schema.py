@@ -31,7 +31,10 @@ def unit_json(
     current: DesiredState | None,
     machine: str | None,
     options: Sequence[UnitOption],
+    reason: str = "",
 ) -> dict[str, Any]:
+    """fleet's Unit; ``reason`` (why the engine placed it nowhere) is fleetpy's, after fleet's fields, and
+    omitted when empty: fleet's clients ignore it."""
     body: dict[str, Any] = {}
     if current is not None:
         body["currentState"] = current.value
@@ -41,6 +44,8 @@ def unit_json(
     body["name"] = name
     if options:
         body["options"] = options_json(options)
+    if reason:
+        body["reason"] = reason
     return body
 
 

@@ -1,29 +1,42 @@
 """``fleetpyctl``: fleetctl's commands, flags and output (FLEET-SPEC §1), with the quirks of §9 fixed.
 
 Thin front door: each command parses, talks to the API through ``fleetpy.client``, prints. Errors are turned
-into messages and exit codes in one place (``CliError`` and ``_run``); state travels on the click context.
+into messages and exit codes in one place (``cli.common``: ``CliError`` and ``run``); state travels on the
+click context. ``status``, ``journal`` and ``ssh`` live in ``cli.remote``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
 from fleetpy import __version__
-from fleetpy.cli.output import check_fields, format_metadata, machine_id_legend, machine_legend, tabwrite
+from fleetpy.cli import remote
+from fleetpy.cli.common import (
+    CONTEXT,
+    DEFAULT_ENDPOINT,
+    CliError,
+    Ctl,
+    SshOptions,
+    local_unit,
+    output_option,
+    print_json,
+    print_table,
+    resolve_argument,
+    run,
+    tls_context,
+)
+from fleetpy.cli.output import check_fields, format_metadata, machine_id_legend, machine_legend
 from fleetpy.client import ApiError, ApiUnit, Client, EndpointUnavailable
-from fleetpy.config import DEFAULT_API_SOCKET
-from fleetpy.errors import FleetError, InvalidUnit
+from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState
 from fleetpy.unit import (
-    FLEETCTL_SUFFIXES,
     UnitFile,
     mangle_name,
     name_info,
@@ -33,58 +46,8 @@ from fleetpy.unit import (
     validate_requirements,
 )
 
-T = TypeVar("T")
-DEFAULT_ENDPOINT = f"unix://{DEFAULT_API_SOCKET}"
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 POLL = 0.25
 ATTEMPT = 2.0
-
-
-class CliError(Exception):
-    """Print ``message`` to stderr and exit with ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-@dataclass
-class Ctl:
-    endpoint: str
-    timeout: float
-    client: Client | None = None
-    _ips: dict[str, str] | None = field(default=None)
-
-    async def ips(self) -> dict[str, str]:
-        """Machine ID → public IP, fetched once per invocation."""
-        if self._ips is None:
-            assert self.client is not None
-            self._ips = {m.id: m.primary_ip for m in await self.client.machines()}
-        return self._ips
-
-
-def _run(ctx: click.Context, body: Callable[[Ctl, Client], Awaitable[int | None]]) -> None:
-    ctl: Ctl = ctx.obj
-
-    async def main() -> int | None:
-        async with Client(ctl.endpoint, timeout=ctl.timeout) as client:
-            ctl.client = client
-            return await body(ctl, client)
-
-    try:
-        code = asyncio.run(main())
-    except CliError as exc:
-        if exc.message:
-            click.echo(exc.message, err=True)
-        sys.exit(exc.code)
-    except (EndpointUnavailable, ApiError) as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    except FleetError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
-    sys.exit(code or 0)
 
 
 def block_attempts(no_block: bool, attempts: int) -> int:
@@ -108,6 +71,11 @@ class Commands(click.Group):
         matches = self._prefixed(ctx, cmd_name)
         return super().get_command(ctx, matches[0]) if len(matches) == 1 else None
 
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        with formatter.section("Version"):
+            formatter.write_text(__version__)  # fleetctl's root help shows it; its functional tests check
+
     def _prefixed(self, ctx: click.Context, prefix: str) -> list[str]:
         return [n for n in self.list_commands(ctx) if n.startswith(prefix)] if prefix else []
 
@@ -127,31 +95,95 @@ class Commands(click.Group):
         return (command.name if command else None), command, args[1:]
 
 
+def _env(option: str) -> list[str]:
+    """The environment variables of a global flag: ``FLEETPYCTL_X_Y``, and fleetctl's ``FLEETCTL_X_Y`` so that a
+    fleet user's environment works unchanged. Set but empty counts as unset, as in fleetctl."""
+    name = option.upper().replace("-", "_")
+    return [f"FLEETPYCTL_{name}", f"FLEETCTL_{name}"]
+
+
+def _global(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    long = next(n for n in names if n.startswith("--"))[2:]
+    kwargs.setdefault("envvar", _env(long))
+    kwargs.setdefault("show_envvar", True)
+    return click.option(*names, **kwargs)
+
+
 @click.group(cls=Commands, context_settings=CONTEXT, invoke_without_command=True)
-@click.option(
+@_global(
     "--endpoint",
-    envvar="FLEETPYCTL_ENDPOINT",
     default=DEFAULT_ENDPOINT,
     show_default=True,
-    help="fleetpy API endpoint: unix:///path.sock or http://host:port (env FLEETPYCTL_ENDPOINT).",
+    help="fleetpy API endpoint: unix:///path.sock, http://host:port or https://host:port; of a comma-separated "
+    "list only the first is used.",
 )
-@click.option(
+@_global(
     "--request-timeout",
-    envvar="FLEETPYCTL_REQUEST_TIMEOUT",
     default=10.0,
     type=float,
     show_default=True,
-    help="Timeout of each API request in seconds (env FLEETPYCTL_REQUEST_TIMEOUT).",
+    help="Timeout of each API request in seconds (fleetctl ignored it for the API).",
 )
+@_global("--ca-file", default="", help="CA certificate that signs the https endpoint's certificate.")
+@_global("--cert-file", default="", help="Client certificate for an https endpoint.")
+@_global("--key-file", default="", help="Key of the client certificate.")
+@_global("--driver", default="API", show_default=True, help="Only API: fleetpyctl never talks to etcd directly.")
+@_global("--ssh-username", default="core", show_default=True, help="User for ssh.")
+@_global("--tunnel", default="", help="host[:port] to reach machines through (ssh's -J).")
+@_global(
+    "--known-hosts-file",
+    default="~/.fleetctl/known_hosts",
+    show_default=True,
+    help="Known hosts file of ssh (OpenSSH format).",
+)
+@_global(
+    "--strict-host-key-checking",
+    default=True,
+    type=click.BOOL,
+    show_default=True,
+    help="Refuse machines whose host key is not known.",
+)
+@_global("--ssh-timeout", default=10.0, type=float, show_default=True, help="ssh connect timeout in seconds.")
+@_global("--debug", is_flag=True, default=False, help="Log every API request to stderr.")
+@_global("--etcd-key-prefix", default="", hidden=True)
+@_global("--experimental-api", default=True, type=click.BOOL, hidden=True)
+@_global("--etcd-keyfile", "etcd_keyfile", default="", hidden=True)
+@_global("--etcd-certfile", "etcd_certfile", default="", hidden=True)
+@_global("--etcd-cafile", "etcd_cafile", default="", hidden=True)
 @click.option("-v", "--version", "show_version", is_flag=True, help="Print the version and exit.")
 @click.pass_context
-def main(ctx: click.Context, endpoint: str, request_timeout: float, show_version: bool) -> None:
+def main(
+    ctx: click.Context,
+    endpoint: str,
+    request_timeout: float,
+    ca_file: str,
+    cert_file: str,
+    key_file: str,
+    driver: str,
+    ssh_username: str,
+    tunnel: str,
+    known_hosts_file: str,
+    strict_host_key_checking: bool,
+    ssh_timeout: float,
+    debug: bool,
+    etcd_key_prefix: str,
+    experimental_api: bool,
+    etcd_keyfile: str,
+    etcd_certfile: str,
+    etcd_cafile: str,
+    show_version: bool,
+) -> None:
     """fleetpyctl: drive a fleetpy cluster, as fleetctl drives fleet.
+
+    Every global flag can also be set in the environment as FLEETPYCTL_<FLAG> (or fleetctl's FLEETCTL_<FLAG>),
+    e.g. FLEETPYCTL_ENDPOINT; the command line wins.
 
     \b
     Examples:
       fleetpyctl start hello.service       # submit, place and start a unit file
       fleetpyctl list-units                # what runs where
+      fleetpyctl status hello.service      # systemctl status, from the machine that runs it
+      fleetpyctl journal -f hello.service  # its journal, followed
       fleetpyctl stop hello.service
       fleetpyctl destroy hello.service
     """
@@ -161,7 +193,27 @@ def main(ctx: click.Context, endpoint: str, request_timeout: float, show_version
     if ctx.invoked_subcommand is None:
         click.echo(ctx.get_help())
         ctx.exit(0)
-    ctx.obj = Ctl(endpoint=endpoint, timeout=request_timeout)
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if driver.lower() != "api":
+        raise click.UsageError(
+            f'Unable to initialize client: unrecognized driver "{driver}" (fleetpyctl speaks only to the API)'
+            if driver.lower() != "etcd"
+            else "Unable to initialize client: the etcd driver is not supported; use the API endpoint"
+        )
+    ssh = SshOptions(
+        username=ssh_username,
+        tunnel=tunnel,
+        known_hosts_file=os.path.expanduser(known_hosts_file),
+        strict_host_key_checking=strict_host_key_checking,
+        timeout=ssh_timeout,
+    )
+    try:
+        tls = tls_context(ca_file or etcd_cafile, cert_file or etcd_certfile, key_file or etcd_keyfile)
+    except CliError as exc:
+        click.echo(exc.message, err=True)
+        ctx.exit(exc.code)
+    ctx.obj = Ctl(endpoint=endpoint, timeout=request_timeout, tls=tls, ssh=ssh)
 
 
 @main.command(context_settings=CONTEXT)
@@ -191,7 +243,7 @@ def help_command(ctx: click.Context, command: str | None) -> None:
 
 
 MACHINE_FIELDS = ("machine", "ip", "metadata")
-UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "state", "target", "tmachine", "unit")
+UNIT_FILE_FIELDS = ("desc", "dstate", "global", "hash", "reason", "state", "target", "tmachine", "unit")
 UNIT_FIELDS = ("active", "hash", "load", "machine", "sub", "unit")
 
 
@@ -202,9 +254,13 @@ def _fields(requested: str, valid: Sequence[str]) -> list[str]:
         raise CliError(str(exc)) from None
 
 
-def _table(header: Sequence[str], rows: list[list[str]], no_legend: bool) -> None:
-    all_rows = rows if no_legend else [[h.upper() for h in header], *rows]
-    click.echo(tabwrite(all_rows), nl=False)
+def _show(
+    columns: list[str], rows: list[dict[str, Any]], json_rows: list[dict[str, Any]], *, no_legend: bool, fmt: str
+) -> None:
+    if fmt == "json":
+        print_json([{c: row[c] for c in columns} for row in json_rows])
+    else:
+        print_table(columns, [[row[c] for c in columns] for row in rows], no_legend)
 
 
 @main.command("list-machines", context_settings=CONTEXT)
@@ -216,9 +272,14 @@ def _table(header: Sequence[str], rows: list[list[str]], no_legend: bool) -> Non
     show_default=True,
     help=f"Columns to show, comma-separated: {', '.join(MACHINE_FIELDS)}.",
 )
+@output_option
 @click.pass_context
-def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> None:
-    """List the machines in the cluster, sorted by machine ID."""
+def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str, output_format: str) -> None:
+    """List the machines in the cluster, sorted by machine ID.
+
+    \b
+    -o json: [{"machine": "<id>", "ip": "<ip>" or null, "metadata": {"k": "v"}}, ...]
+    """
 
     async def body(_ctl: Ctl, client: Client) -> None:
         columns = _fields(fields, MACHINE_FIELDS)
@@ -229,17 +290,25 @@ def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str) 
                 f"Error retrieving list of active machines from fleet API ({exc})\nPossible issues:\n"
                 "  etcd is unhealthy and/or lost quorum\n  connection cannot be established to any etcd servers"
             ) from None
-        rows = []
+        rows, json_rows = [], []
         for machine in sorted(machines, key=lambda m: m.id):
-            cells = {
-                "machine": machine_id_legend(machine.id, full),
-                "ip": machine.primary_ip or "-",
-                "metadata": format_metadata(machine.metadata),
-            }
-            rows.append([cells[c] for c in columns])
-        _table(columns, rows, no_legend)
+            rows.append(
+                {
+                    "machine": machine_id_legend(machine.id, full),
+                    "ip": machine.primary_ip or "-",
+                    "metadata": format_metadata(machine.metadata),
+                }
+            )
+            json_rows.append(
+                {
+                    "machine": machine.id,
+                    "ip": machine.primary_ip or None,
+                    "metadata": dict(sorted(machine.metadata.items())),
+                }
+            )
+        _show(columns, rows, json_rows, no_legend=no_legend, fmt=output_format)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command("list-unit-files", context_settings=CONTEXT)
@@ -251,9 +320,15 @@ def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str) 
     show_default=True,
     help=f"Columns to show, comma-separated: {', '.join(UNIT_FILE_FIELDS)}.",
 )
+@output_option
 @click.pass_context
-def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> None:
-    """List the units submitted to the cluster, with desired state, current state and target machine."""
+def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str, output_format: str) -> None:
+    """List the units submitted to the cluster, with desired state, current state and target machine.
+
+    \b
+    -o json: [{"unit": "a.service", "hash": "<40 hex>", "dstate": "launched", "state": "launched" or null,
+               "target": "<machine id>" or "global" or null, "desc": "..." or null, "global": false}, ...]
+    """
 
     async def body(ctl: Ctl, client: Client) -> None:
         columns = _fields(fields, UNIT_FILE_FIELDS)
@@ -264,30 +339,46 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
             ips = await ctl.ips()
         except (ApiError, EndpointUnavailable) as exc:
             raise CliError(f"Error retrieving list of units from repository: {exc}") from None
-        rows = []
+        rows, json_rows = [], []
         for unit in sorted(units, key=lambda u: u.name):
             unit_file = UnitFile(unit.options)
             is_global = unit.is_global
             if is_global:
-                target = "global"
+                target, target_id = "global", "global"
             elif unit.machine:
-                target = machine_legend(unit.machine, ips, full)
+                target, target_id = machine_legend(unit.machine, ips, full), unit.machine
             else:
-                target = "-"
-            cells = {
-                "desc": unit_file.description or "-",
-                "dstate": unit.desired or "-",
-                "global": "true" if is_global else "false",
-                "hash": unit_file.hash if full else unit_file.hash[:7],
-                "state": "-" if is_global or not unit.current else unit.current,
-                "target": target,
-                "tmachine": target,
-                "unit": unit.name,
-            }
-            rows.append([cells[c] for c in columns])
-        _table(columns, rows, no_legend)
+                target, target_id = "-", None
+            state = None if is_global or not unit.current else unit.current
+            rows.append(
+                {
+                    "desc": unit_file.description or "-",
+                    "dstate": unit.desired or "-",
+                    "global": "true" if is_global else "false",
+                    "hash": unit_file.hash if full else unit_file.hash[:7],
+                    "reason": unit.reason or "-",
+                    "state": state or "-",
+                    "target": target,
+                    "tmachine": target,
+                    "unit": unit.name,
+                }
+            )
+            json_rows.append(
+                {
+                    "desc": unit_file.description or None,
+                    "dstate": unit.desired or None,
+                    "global": is_global,
+                    "hash": unit_file.hash,
+                    "reason": unit.reason or None,
+                    "state": state,
+                    "target": target_id,
+                    "tmachine": target_id,
+                    "unit": unit.name,
+                }
+            )
+        _show(columns, rows, json_rows, no_legend=no_legend, fmt=output_format)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command("list-units", context_settings=CONTEXT)
@@ -299,9 +390,15 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
     show_default=True,
     help=f"Columns to show, comma-separated: {', '.join(UNIT_FIELDS)}.",
 )
+@output_option
 @click.pass_context
-def list_units(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> None:
-    """List the states of units as their machines report them (one row per unit and machine)."""
+def list_units(ctx: click.Context, full: bool, no_legend: bool, fields: str, output_format: str) -> None:
+    """List the states of units as their machines report them (one row per unit and machine).
+
+    \b
+    -o json: [{"unit": "a.service", "machine": "<machine id>", "active": "active", "sub": "running",
+               "load": "loaded", "hash": "<40 hex>"}, ...] (null for a value the machine did not report)
+    """
 
     async def body(ctl: Ctl, client: Client) -> None:
         columns = _fields(fields, UNIT_FIELDS)
@@ -310,20 +407,31 @@ def list_units(ctx: click.Context, full: bool, no_legend: bool, fields: str) -> 
             ips = await ctl.ips()
         except (ApiError, EndpointUnavailable) as exc:
             raise CliError(f"Error retrieving list of units from repository: {exc}") from None
-        rows = []
+        rows, json_rows = [], []
         for state in sorted(states, key=lambda s: (s.name, s.machine)):
-            cells = {
-                "active": state.active or "-",
-                "hash": (state.hash if full else state.hash[:7]) or "-",
-                "load": state.load or "-",
-                "machine": machine_legend(state.machine, ips, full) if state.machine else "-",
-                "sub": state.sub or "-",
-                "unit": state.name,
-            }
-            rows.append([cells[c] for c in columns])
-        _table(columns, rows, no_legend)
+            rows.append(
+                {
+                    "active": state.active or "-",
+                    "hash": (state.hash if full else state.hash[:7]) or "-",
+                    "load": state.load or "-",
+                    "machine": machine_legend(state.machine, ips, full) if state.machine else "-",
+                    "sub": state.sub or "-",
+                    "unit": state.name,
+                }
+            )
+            json_rows.append(
+                {
+                    "active": state.active or None,
+                    "hash": state.hash or None,
+                    "load": state.load or None,
+                    "machine": state.machine or None,
+                    "sub": state.sub or None,
+                    "unit": state.name,
+                }
+            )
+        _show(columns, rows, json_rows, no_legend=no_legend, fmt=output_format)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 # -------------------------------------------------------------------------------------------------- cat
@@ -347,45 +455,10 @@ def cat(ctx: click.Context, units: tuple[str, ...]) -> None:
             raise CliError(f"Unit {name} not found")
         click.echo(serialize(unit.options), nl=False)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 # -------------------------------------------------------------------------------------------------- creating units
-
-
-def resolve_argument(argument: str) -> tuple[str, str]:
-    """(unit name, path of its local file). A file given by its path keeps its own name (so an invalid
-    name is reported as such); any other argument gets fleetctl's name mangling."""
-    if os.path.isfile(argument):
-        return os.path.basename(argument), argument
-    path = argument if argument.endswith(FLEETCTL_SUFFIXES) else argument + ".service"
-    return mangle_name(argument), path
-
-
-def read_unit_file(path: str) -> UnitFile:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
-    except UnicodeDecodeError:
-        raise CliError(f"Error creating units: unit file {path} is not valid UTF-8 text") from None
-    except OSError as exc:
-        raise CliError(f"Error creating units: cannot read {path}: {exc.strerror}") from None
-    try:
-        return UnitFile.from_text(text)
-    except InvalidUnit as exc:
-        raise CliError(f"Error creating units: invalid unit file {path}: {exc}") from None
-
-
-def local_unit(name: str, path: str) -> tuple[UnitFile | None, str]:
-    """The unit file on disk for ``name`` (for an instance, its template's), and the path it came from."""
-    if os.path.isfile(path):
-        return read_unit_file(path), path
-    info = name_info(name)
-    if info.is_instance:
-        template_path = os.path.join(os.path.dirname(path), info.template)
-        if os.path.isfile(template_path):
-            return read_unit_file(template_path), template_path
-    return None, ""
 
 
 REPLACEABLE = {
@@ -511,7 +584,9 @@ async def wait_for_states(
             if unit is None:
                 raise CliError(f"Error waiting for units: unit {name} no longer exists")
             state = unit.desired if (name in global_names or unit.is_global) else unit.current
-            if state == target:
+            # A replaced unit reads inactive (its machine runs the old hash) until the engine unplaces it: it is
+            # inactive, as fleet means it, once no machine holds it.
+            if state == target and not (target == "inactive" and unit.machine and not unit.is_global):
                 if unit.is_global:
                     click.echo(f"Unit {name}")
                 else:
@@ -576,11 +651,23 @@ def _blocking_options(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--no-block", is_flag=True, help="Do not wait for the units to reach their state.")(function)
 
 
+def _refuse_sign(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    """fleetctl meant ``--sign`` to fail this way but accepted it silently (FLEET-SPEC §1.4, §9.7)."""
+    if value:
+        click.echo("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.", err=True)
+        ctx.exit(2)
+    return value
+
+
+_sign_option = click.option("--sign", is_flag=True, hidden=True, expose_value=False, callback=_refuse_sign)
+
+
 # -------------------------------------------------------------------------------------------------- commands
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_sign_option
 @click.argument("units", nargs=-1)
 @click.pass_context
 def submit(ctx: click.Context, replace: bool, units: tuple[str, ...]) -> None:
@@ -597,7 +684,7 @@ def submit(ctx: click.Context, replace: bool, units: tuple[str, ...]) -> None:
             raise CliError("No units given")
         await create_units(ctl, client, units, replace=replace, command="submit", attempts=0)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 def _timed_out(exc: TimeoutError, per_command: str) -> CliError:
@@ -645,6 +732,7 @@ def _state_command(command: str, state: DesiredState, verb: str, error: str) -> 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_sign_option
 @_blocking_options
 @click.argument("units", nargs=-1)
 @click.pass_context
@@ -656,11 +744,12 @@ def load(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int,
       fleetpyctl load hello.service
     """
     body = _state_command("load", DesiredState.LOADED, "load", "Error loading units")
-    _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+    run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
 
 
 @main.command(context_settings=CONTEXT)
 @click.option("--replace", is_flag=True, help="Replace units whose local file differs from the cluster's.")
+@_sign_option
 @_blocking_options
 @click.argument("units", nargs=-1)
 @click.pass_context
@@ -673,7 +762,91 @@ def start(ctx: click.Context, replace: bool, no_block: bool, block_attempts: int
       fleetpyctl start --no-block web@1.service web@2.service
     """
     body = _state_command("start", DesiredState.LAUNCHED, "start", "Error starting units")
-    _run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+    run(ctx, lambda ctl, client: body(ctl, client, units, replace, no_block, block_attempts))
+
+
+async def restart_global(ctl: Ctl, client: Client, name: str, attempts: int) -> None:
+    """Restart a launched global unit one machine at a time: ``systemctl restart`` on the machine (through the
+    API, no SSH), then wait until that machine reports it active before going on to the next."""
+    ips = await ctl.ips()
+    machines = sorted({s.machine for s in await client.states(unit=name) if s.machine})
+    for machine in machines:
+        legend = machine_legend(machine, ips, False)
+        code, text = 0, []
+        async for event in client.unit_output(name, "restart", machine=machine):
+            text.append(event.output)
+            if event.code is not None:
+                code = event.code
+                if event.error:
+                    text.append(event.error)
+        if code != 0:
+            raise CliError(f"Error restarting unit {name} on {legend}: {''.join(text).strip() or f'exit {code}'}")
+        deadline = None if attempts <= 0 else time.monotonic() + ATTEMPT * attempts
+        while True:
+            here = await client.states(unit=name, machine=machine)
+            if here and here[0].active == "active":
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CliError(f"Error waiting for units: timed out waiting for unit {name} to be active on {legend}")
+            await asyncio.sleep(POLL)
+        click.echo(f"Unit {name} launched on {legend}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option(
+    "--block-attempts",
+    default=0,
+    type=click.IntRange(0),
+    metavar="N",
+    help="Wait at most about 2·N seconds for each step (0: wait forever).",
+)
+@click.argument("units", nargs=-1)
+@click.pass_context
+def restart(ctx: click.Context, block_attempts: int, units: tuple[str, ...]) -> None:
+    """Restart units: stop them, then start them again, waiting for each step.
+
+    A loaded unit is started. A global unit is restarted one machine at a time with systemctl restart on that
+    machine (fleetctl did nothing for global units and, through a bug, nothing for launched ones either).
+
+    \b
+    Example:
+      fleetpyctl restart hello.service
+    """
+
+    async def body(ctl: Ctl, client: Client) -> None:
+        if not units:
+            raise CliError("No units given")
+        names = await create_units(ctl, client, units, replace=False, command="start", attempts=block_attempts)
+        found = await _units_by_name(client, names)
+        for name in dict.fromkeys(names):
+            unit = found.get(name)
+            if unit is None:
+                continue
+            if unit.is_global:
+                if unit.desired == "launched":
+                    await restart_global(ctl, client, name, block_attempts)
+                elif unit.desired == "loaded":
+                    await set_states(client, [name], DesiredState.LAUNCHED, "Error starting units")
+                    click.echo(f"Triggered global unit {name} start")
+                else:
+                    click.echo(f"Unable to restart unit {name} in state {unit.desired}", err=True)
+                continue
+            if unit.current not in ("loaded", "launched"):
+                click.echo(f"Unable to restart unit {name} in state {unit.current or 'inactive'}", err=True)
+                continue
+            steps = (
+                [DesiredState.LOADED, DesiredState.LAUNCHED] if unit.current == "launched" else [DesiredState.LAUNCHED]
+            )
+            for state in steps:
+                error = "Error stopping units" if state == DesiredState.LOADED else "Error starting units"
+                await set_states(client, [name], state, error)
+                try:
+                    await wait_for_states(ctl, client, [name], state.value, block_attempts)
+                except TimeoutError as exc:
+                    raise _timed_out(exc, "Error waiting for unit states, exit status: 1") from None
+            await wait_for_systemd_active(client, [name], block_attempts)
+
+    run(ctx, body)
 
 
 async def find_units(client: Client, units: Sequence[str]) -> dict[str, ApiUnit]:
@@ -718,7 +891,7 @@ def stop(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple[s
                 raise _timed_out(exc, f"Failed to stop units [{' '.join(stopping)}]. err: {exc}") from None
         click.echo(f"Successfully stopped units [{' '.join(stopping)}].", err=True)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command(context_settings=CONTEXT)
@@ -751,7 +924,7 @@ def unload(ctx: click.Context, no_block: bool, block_attempts: int, units: tuple
                 raise _timed_out(exc, f"Failed to unload units [{' '.join(unloading)}]. err: {exc}") from None
         click.echo(f"Successfully unloaded units [{' '.join(unloading)}].", err=True)
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 @main.command(context_settings=CONTEXT)
@@ -779,16 +952,21 @@ def destroy(ctx: click.Context, no_block: bool, block_attempts: int, units: tupl
             click.echo(f"Destroyed {name}")
         return 1 if failed else 0
 
-    _run(ctx, body)
+    run(ctx, body)
 
 
 def _register_commands() -> None:
-    """fleetpy's own commands, which live in modules of their own."""
+    """Commands that live in modules of their own."""
     from fleetpy.cli.cloudconfig import cloud_config
+    from fleetpy.cli.placement import plan, set_metadata
     from fleetpy.cli.watched import list_watch_errors
 
+    for command in remote.COMMANDS:
+        main.add_command(command)
     main.add_command(cloud_config)
     main.add_command(list_watch_errors)
+    main.add_command(plan)
+    main.add_command(set_metadata)
 
 
 _register_commands()

@@ -7,13 +7,14 @@ protocol, not on one wide interface. ``registry.store.EtcdRegistry`` implements 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView
 from fleetpy.plan import EngineAction
 from fleetpy.registry.mirror import Mirror, Prefix
 from fleetpy.registry.ops import Op
+from fleetpy.relay import RelayRequest
 from fleetpy.watchplan import WatchError
 
 
@@ -74,6 +75,9 @@ class EngineRegistry(LeaseRegistry, Protocol):
 
     def engine_ops(self, action: EngineAction) -> list[Op]: ...
 
+    def reason_ops(self, reasons: Mapping[str, str], cleared: Iterable[str]) -> list[Op]:
+        """Operations that store why units are not placed, and delete the reasons of ``cleared`` units."""
+
     async def apply_fenced(self, ops: Sequence[Op], fence: int) -> list[int]:
         """Write ``ops`` in transactions fenced on the leader key; ``LeadershipLost`` if the fence broke."""
 
@@ -87,10 +91,35 @@ class EngineRegistry(LeaseRegistry, Protocol):
 
     def states_presence_prefix(self) -> Prefix[None]: ...
 
+    def unplaced_prefix(self) -> Prefix[str]:
+        """A mirror prefix of the stored reasons: unit → why it is not placed."""
+
     def mirror(self, prefixes: Sequence[Prefix[Any]]) -> Mirror: ...
 
 
-class ApiRegistry(Protocol):
+class RelayRegistry(LeaseRegistry, Protocol):
+    """How an API process asks a machine for a unit's status or journal (``fleetpy.relay``)."""
+
+    async def open_request(self, machine: MachineID, request: RelayRequest) -> tuple[str, int]:
+        """Write ``request`` for ``machine`` on ``request.lease``; return its ID and the revision of the write."""
+
+    def replies(self, request_id: str, start_revision: int) -> AsyncIterator[tuple[str, bytes]]:
+        """The replies to a request as they are written, (key tail, value), from ``start_revision`` on."""
+
+
+class InspectorRegistry(Protocol):
+    """How a machine's inspector sees the requests addressed to it, and answers them."""
+
+    def requests_prefix(self, machine: MachineID) -> Prefix[RelayRequest]:
+        """A mirror prefix of this machine's requests only."""
+
+    def mirror(self, prefixes: Sequence[Prefix[Any]]) -> Mirror: ...
+
+    async def put_reply(self, request_id: str, tail: str, data: bytes, lease: int) -> None:
+        """Write one reply on the request's lease; ``RegistryUnavailable`` also when the lease is gone."""
+
+
+class ApiRegistry(RelayRegistry, Protocol):
     async def list_machines(self) -> list[Machine]:
         """Registered machines, dynamic metadata merged, sorted by ID."""
 

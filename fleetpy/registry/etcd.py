@@ -22,6 +22,7 @@ import grpc
 from aetcd import rpc
 
 from fleetpy.errors import RegistryUnavailable
+from fleetpy.metrics import Metrics
 from fleetpy.registry.ops import KV, Compacted, Compare, Delete, Event, Op, Put, Range, TxnResult
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,11 @@ class EtcdClient:
         timeout: float = 3.0,
         username: str = "",
         password: str = "",
+        metrics: Metrics | None = None,
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.timeout = timeout
+        self.metrics = metrics
         self._client = _AetcdClient(
             parse_endpoints(endpoints),
             timeout=timeout,
@@ -180,12 +183,20 @@ class EtcdClient:
         except Exception as exc:  # closing a broken channel must not mask the real error
             log.debug("closing etcd client: %s", exc)
 
+    def _count(self, op: str, *, failed: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.etcd_operation(op, failed=failed)
+
     async def _call(self, what: str, stub_method: Callable[..., Any], request: Any) -> Any:
+        op = "range" if what.startswith("get") else what.replace(" ", "_").replace("-", "_")
         try:
             await self._client.connect()
-            return await stub_method(request, timeout=self.timeout, metadata=self._client.metadata)
+            result = await stub_method(request, timeout=self.timeout, metadata=self._client.metadata)
         except (TimeoutError, grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError) as exc:
+            self._count(op, failed=True)
             raise _translate(exc, what) from exc
+        self._count(op, failed=False)
+        return result
 
     async def status(self) -> int:
         """The current revision; raises ``RegistryUnavailable`` when etcd cannot answer."""
@@ -252,9 +263,12 @@ class EtcdClient:
 
         try:
             async with asyncio.timeout(self.timeout):
-                return await once()
+                ttl = await once()
         except (TimeoutError, grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError) as exc:
+            self._count("lease_keepalive", failed=True)
             raise _translate(exc, "lease keep-alive") from exc
+        self._count("lease_keepalive", failed=False)
+        return ttl
 
     async def lease_ttl(self, lease: int) -> int:
         """Remaining TTL of ``lease`` in seconds, -1 if it does not exist."""
@@ -280,7 +294,9 @@ class EtcdClient:
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(exc.compacted_revision) from exc
         except (TimeoutError, grpc.aio.AioRpcError, aetcd.exceptions.ClientError, OSError) as exc:
+            self._count("watch", failed=True)
             raise _translate(exc, f"watch {prefix}") from exc
+        self._count("watch", failed=False)
         try:
             async for event in watch:
                 yield Event(

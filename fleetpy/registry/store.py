@@ -8,20 +8,50 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fleetpy.errors import Conflict, LeadershipLost
 from fleetpy.keys import Keys
+from fleetpy.metrics import Metrics
 from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView, merge_metadata
 from fleetpy.plan import EngineAction, Unschedule
 from fleetpy.registry import codec
 from fleetpy.registry.mirror import Mirror, Prefix
 from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Op, Put, Range
 from fleetpy.registry.watched import WatchedStore
+from fleetpy.relay import RelayRequest, decode_request, encode_request
 from fleetpy.watchplan import WatchError
 
 log = logging.getLogger(__name__)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _measured(
+    kind: str,
+) -> Callable[
+    [Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]]],
+    Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]],
+]:
+    """Count a unit operation in fleet's registry metrics (``get``, ``set``, ``get_all``)."""
+
+    def wrap(
+        method: Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]],
+    ) -> Callable[Concatenate[EtcdRegistry, P], Coroutine[Any, Any, R]]:
+        async def measured(self: EtcdRegistry, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            if self.metrics is None:
+                return await method(self, *args, **kwargs)
+            with self.metrics.registry_operation(kind):
+                return await method(self, *args, **kwargs)
+
+        measured.__name__, measured.__doc__ = method.__name__, method.__doc__
+        return measured
+
+    return wrap
 
 
 def _decode_machine(_tail: str, raw: bytes) -> Machine:
@@ -31,9 +61,10 @@ def _decode_machine(_tail: str, raw: bytes) -> Machine:
 class EtcdRegistry:
     """fleetpy's operations on etcd. Implements every protocol of ``registry.base``."""
 
-    def __init__(self, client: Client, keys: Keys) -> None:
+    def __init__(self, client: Client, keys: Keys, metrics: Metrics | None = None) -> None:
         self.client = client
         self.keys = keys
+        self.metrics = metrics
         self._bodies: dict[str, str] = {}
 
     # ---------------------------------------------------------------- leases
@@ -93,6 +124,7 @@ class EtcdRegistry:
 
     # ---------------------------------------------------------------- units
 
+    @_measured("get")
     async def get_body(self, unit_hash: str) -> str | None:
         """A unit body by hash (immutable: cached forever once read)."""
         body = self._bodies.get(unit_hash)
@@ -115,12 +147,16 @@ class EtcdRegistry:
                     self._bodies[unit_hash] = found[0].value.decode()
         return {h: self._bodies[h] for h in hashes if h in self._bodies}
 
+    @_measured("get")
     async def get_unit(self, name: str) -> UnitView | None:
-        result = await self.client.read(Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True))
+        result = await self.client.read(
+            Range(self.keys.unit(name)), Range(self.keys.placed(name), prefix=True), Range(self.keys.unplaced(name))
+        )
         if not result.ranges[0]:
             return None
         kv = result.ranges[0][0]
         record = codec.decode_unit(name, kv.value)
+        reason = result.ranges[2][0].value.decode(errors="replace") if result.ranges[2] else ""
         machines = [MachineID(Keys.tail(p.key, self.keys.placed(name))) for p in result.ranges[1]]
         placements: dict[MachineID, ScheduleEntry] = {}
         states: dict[MachineID, UnitState] = {}
@@ -135,14 +171,19 @@ class EtcdRegistry:
             for machine, found in zip(machines, extra.ranges[len(machines) :], strict=True):
                 if found:
                     states[machine] = codec.decode_state(machine, name, found[0].value)
-        return UnitView(record, placements, states, kv.mod_revision)
+        return UnitView(record, placements, states, kv.mod_revision, reason)
 
+    @_measured("get_all")
     async def list_units(self) -> list[UnitView]:
         result = await self.client.read(
             Range(self.keys.units, prefix=True),
             Range(self.keys.schedule_all, prefix=True),
             Range(self.keys.states_all, prefix=True),
+            Range(self.keys.unplaced_all, prefix=True),
         )
+        reasons = {
+            Keys.tail(kv.key, self.keys.unplaced_all): kv.value.decode(errors="replace") for kv in result.ranges[3]
+        }
         placements: dict[str, dict[MachineID, ScheduleEntry]] = {}
         for kv in result.ranges[1]:
             machine, unit = self.keys.schedule_key_parts(kv.key)
@@ -161,9 +202,12 @@ class EtcdRegistry:
             except ValueError as exc:
                 log.warning("ignoring %s: %s", kv.key, exc)
                 continue
-            views.append(UnitView(record, placements.get(name, {}), states.get(name, {}), kv.mod_revision))
+            views.append(
+                UnitView(record, placements.get(name, {}), states.get(name, {}), kv.mod_revision, reasons.get(name, ""))
+            )
         return sorted(views, key=lambda v: v.record.name)
 
+    @_measured("set")
     async def create_unit(self, record: UnitRecord, body: str) -> bool:
         """Create the unit and its body; ``False`` (nothing written) if a unit of that name exists."""
         key = self.keys.unit(record.name)
@@ -212,6 +256,7 @@ class EtcdRegistry:
             transactions += 1
         return transactions
 
+    @_measured("set")
     async def replace_unit(self, record: UnitRecord, body: str, revision: int) -> None:
         """Overwrite the unit if it is still at ``revision``; ``Conflict`` otherwise."""
         key = self.keys.unit(record.name)
@@ -222,12 +267,14 @@ class EtcdRegistry:
         if not result.succeeded:
             raise Conflict(f"unit {record.name} changed while it was being replaced")
 
+    @_measured("set")
     async def set_desired(self, record: UnitRecord, revision: int) -> None:
         key = self.keys.unit(record.name)
         result = await self.client.txn([Compare(key, "mod", "==", revision)], [Put(key, codec.encode_unit(record))])
         if not result.succeeded:
             raise Conflict(f"unit {record.name} changed while its desired state was being set")
 
+    @_measured("set")
     async def destroy_unit(self, name: str) -> bool:
         """Delete the unit record; the engine unschedules it. ``False`` if there was no such unit."""
         key = self.keys.unit(name)
@@ -303,6 +350,11 @@ class EtcdRegistry:
             Put(self.keys.placed(entry.unit, entry.machine), b""),
         ]
 
+    def reason_ops(self, reasons: Mapping[str, str], cleared: Iterable[str]) -> list[Op]:
+        """Write why units are not placed (``P/unplaced/<unit>``), and delete the reasons of ``cleared``."""
+        ops: list[Op] = [Put(self.keys.unplaced(unit), reason.encode()) for unit, reason in sorted(reasons.items())]
+        return ops + [Delete(self.keys.unplaced(unit)) for unit in sorted(cleared)]
+
     async def apply_fenced(self, ops: Sequence[Op], fence: int) -> list[int]:
         """Write ``ops`` in as few transactions as etcd allows, each fenced on the leader key; return the
         revision of each transaction. ``LeadershipLost`` if the fence no longer holds."""
@@ -314,6 +366,25 @@ class EtcdRegistry:
                 raise LeadershipLost("the engine leader key changed: another engine leads now")
             revisions.append(result.revision)
         return revisions
+
+    # ---------------------------------------------------------------- status and journal relay
+
+    async def open_request(self, machine: MachineID, request: RelayRequest) -> tuple[str, int]:
+        request_id = uuid.uuid4().hex
+        revision = await self.client.put(self.keys.request(machine, request_id), encode_request(request), request.lease)
+        return request_id, revision
+
+    async def replies(self, request_id: str, start_revision: int) -> AsyncIterator[tuple[str, bytes]]:
+        prefix = self.keys.replies(request_id)
+        async for event in self.client.watch(prefix, start_revision):
+            if not event.deleted:
+                yield event.key[len(prefix) :], event.value
+
+    def requests_prefix(self, machine: MachineID) -> Prefix[RelayRequest]:
+        return Prefix(self.keys.request(machine), lambda _tail, raw: decode_request(raw))
+
+    async def put_reply(self, request_id: str, tail: str, data: bytes, lease: int) -> None:
+        await self.client.put(self.keys.replies(request_id, tail), data, lease)
 
     # ---------------------------------------------------------------- mirrors
 
@@ -335,6 +406,9 @@ class EtcdRegistry:
             return codec.decode_entry(MachineID(machine), unit, raw)
 
         return Prefix(self.keys.schedule_all, decode)
+
+    def unplaced_prefix(self) -> Prefix[str]:
+        return Prefix(self.keys.unplaced_all, lambda _tail, raw: raw.decode(errors="replace"))
 
     def states_presence_prefix(self) -> Prefix[None]:
         return Prefix(self.keys.states_all, lambda _tail, _raw: None)

@@ -73,3 +73,8 @@ async def report(
     state = UnitState(unit, MachineID(machine_id), load, active, sub, unit_hash, achieved)
     await registry.publish_states(MachineID(machine_id), lease, [state], [])
     return state
+
+
+async def explain(registry: EtcdRegistry, unit: str, reason: str) -> None:
+    """Store why ``unit`` is not placed, as the engine leader does."""
+    await registry.apply_fenced(registry.reason_ops({unit: reason}, []), await _fence(registry))

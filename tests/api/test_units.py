@@ -12,7 +12,7 @@ from multidict import CIMultiDict
 
 from fleetpy.model import DesiredState
 from tests.api.conftest import V1, Api, hash_of, options_of
-from tests.api.seeding import add_machine, place, report
+from tests.api.seeding import add_machine, explain, place, report
 
 HELLO = "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100\n"
 OTHER = "[Unit]\nDescription=Other\n\n[Service]\nExecStart=/bin/sleep 200\n"
@@ -66,6 +66,21 @@ async def test_a_placed_unit_shows_its_machine_and_what_the_machine_achieved(api
     # a state for another body of the unit is not this unit's state
     await report(api.registry, "m1", "hello.service", achieved=DesiredState.LAUNCHED, unit_hash=hash_of(OTHER))
     assert (await api.get(V1 + "/units/hello.service")).json["currentState"] == "inactive"
+
+
+async def test_a_unit_the_engine_could_not_place_carries_its_reason_after_fleets_fields(api: Api) -> None:
+    assert (await api.put_text("hello.service", HELLO, "launched")).status == 201
+    reason = 'no machine can run it: MachineID ruled out 1 of 1 machine (agent ID does not match required "x")'
+    await explain(api.registry, "hello.service", reason)
+    one = (await api.get(V1 + "/units/hello.service")).json
+    assert list(one) == ["currentState", "desiredState", "name", "options", "reason"]
+    assert one["reason"] == reason
+    assert (await api.get(V1 + "/units")).json == {"units": [one]}
+    # once placed, a reason the engine has not cleared yet is not shown
+    await add_machine(api.registry, "m1")
+    await place(api.registry, "hello.service", "m1")
+    assert "reason" not in (await api.get(V1 + "/units/hello.service")).json
+    assert "reason" not in (await api.get(V1 + "/units")).json["units"][0]
 
 
 async def test_a_global_unit_has_no_current_state_in_the_list_nor_alone(api: Api) -> None:

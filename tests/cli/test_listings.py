@@ -11,7 +11,7 @@ import pytest
 from fleetpy.model import DesiredState
 from fleetpy.registry.store import EtcdRegistry
 from fleetpy.unit import UnitFile
-from tests.api.seeding import add_machine, place, report
+from tests.api.seeding import add_machine, explain, place, report
 from tests.cli.conftest import Ctl
 
 M1 = "4d3895379ed84e6c9c4a2d5b9b6a1f01"
@@ -183,6 +183,21 @@ async def test_list_unit_files_other_fields(ctl: Ctl) -> None:
         "pending.service\tHello World\tfalse\tlaunched\n"
         "short.service\tHello World\tfalse\tloaded\n"
         "web@.service\tWeb %i\t\tfalse\tinactive\n"
+    )
+
+
+@pytest.mark.usefixtures("units")
+async def test_list_unit_files_reason_says_why_a_unit_is_not_placed(ctl: Ctl, registry: EtcdRegistry) -> None:
+    await explain(registry, "pending.service", "no machine can run it: Conflicts ruled out 3 of 3 machines (x)")
+    result = await ctl("list-unit-files", "--fields", "unit,target,reason")
+    assert (result.code, result.err) == (0, "")
+    assert result.out == (
+        "UNIT		TARGET			REASON\n"
+        "global.service	global			-\n"
+        "hello.service	4d389537.../10.0.0.1	-\n"
+        "pending.service	-			no machine can run it: Conflicts ruled out 3 of 3 machines (x)\n"
+        "short.service	abc			-\n"
+        "web@.service	-			-\n"
     )
 
 

@@ -207,3 +207,52 @@ async def test_a_second_daemon_with_a_machine_id_in_use_is_refused(harness: Harn
         )
         with pytest.raises(MachineInUse, match="already in use"):
             await intruder.establish()
+
+
+class GatedSystemd(DbusSystemd):
+    """The real systemd, but ``statuses`` waits at ``gate`` while one is set: the test decides what happens
+    meanwhile."""
+
+    def __init__(self, bus: str) -> None:
+        super().__init__(bus)
+        self.gate: asyncio.Event | None = None
+        self.waiting = asyncio.Event()
+
+    async def statuses(self, names):  # type: ignore[no-untyped-def]
+        if self.gate is not None:
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().statuses(names)
+
+
+async def test_a_unit_unloaded_while_its_state_is_being_read_is_published_as_removed(harness: Harness) -> None:
+    # Found under load: the agent read self.current[name] after awaiting systemd, the reconciler had unloaded
+    # the unit meanwhile, and the KeyError ended fleetpyd.
+    name = unique()
+    systemd = GatedSystemd(harness.host.bus)
+    presence = Presence(harness.registry, local_machine(harness.machine, "", {}), ttl=5, lease_file=harness.lease_file)
+    agent = Agent(
+        registry=harness.registry, systemd=systemd, unitdir=UnitDirectory(harness.units_dir), presence=presence
+    )
+    await presence.establish()
+    task = asyncio.create_task(agent.run())
+    try:
+        await harness.place(name, SLEEP.format(seconds=1000), DesiredState.LAUNCHED)
+        await wait_for(lambda: _eq(harness.published(name), ("active", "launched")), timeout=10, what="published")
+        systemd.gate = asyncio.Event()
+        agent._dirty.add(name)  # a state change to publish: the report loop reads systemd and waits at the gate
+        agent._report.set()
+        await asyncio.wait_for(systemd.waiting.wait(), 5)
+        await harness.unplace(name)
+
+        async def unloaded() -> bool:
+            return name not in agent.current
+
+        await wait_for(unloaded, timeout=10, what="the reconciler to unload the unit")
+        systemd.gate.set()
+        await wait_for(lambda: _eq(harness.published(name), None), timeout=10, what="the state to be removed")
+        assert not task.done(), task.exception() if task.done() else ""
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await systemd.close()

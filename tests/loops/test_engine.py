@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 
 from fleetpy.engine import Engine
 from fleetpy.model import DesiredState, Machine, MachineID, UnitRecord
@@ -112,7 +112,13 @@ async def test_global_units_reach_every_matching_machine_including_late_ones(reg
         await wait_placement(registry, {"every.service": ["g1", "g3"]})
 
 
-async def test_an_unplaceable_unit_keeps_its_reason(registry: EtcdRegistry) -> None:
+async def stored_reason(registry: EtcdRegistry, unit: str) -> tuple[str, int]:
+    """The reason stored for ``unit`` and its mod revision (``("", 0)`` when there is none)."""
+    kv = await registry.client.get(registry.keys.unplaced(unit))
+    return (kv.value.decode(), kv.mod_revision) if kv is not None else ("", 0)
+
+
+async def test_an_unplaceable_unit_keeps_its_reason_in_etcd_until_it_is_placed(registry: EtcdRegistry) -> None:
     await register(registry, "r1", metadata={"disk": "hdd"})
     engine = Engine(registry=registry, machine=MachineID("r1"), leader_ttl=2, interval=1)
     async with running(engine):
@@ -122,8 +128,72 @@ async def test_an_unplaceable_unit_keeps_its_reason(registry: EtcdRegistry) -> N
             return engine.unplaced.get("ssd.service", "")
 
         text = await wait_for(reason, timeout=5, what="a reason for the unplaced unit")
-        assert "MachineMetadata ruled out 1 of 1 machine" in text
+        assert text == (
+            "no machine can run it: MachineMetadata ruled out 1 of 1 machine (local Machine metadata insufficient)"
+        )
         assert await placement(registry) == {}
+
+        async def stored() -> tuple[str, int]:
+            return await stored_reason(registry, "ssd.service")
+
+        assert (await wait_for(stored, timeout=5, what="the reason in etcd"))[0] == text
+        view = await registry.get_unit("ssd.service")
+        assert view is not None
+        assert view.reason == text
+        assert [v.reason for v in await registry.list_units()] == [text]
+
+        # Passes that change nothing for the unit do not write its reason again.
+        _, revision = await stored()
+        await submit(registry, "other.service")
+        await wait_placement(registry, {"other.service": ["r1"]})
+        for _ in range(2):  # two more passes, at least one of them periodic
+            before = engine.last_plan
+
+            async def another_pass(before: object = before) -> bool:
+                return engine.last_plan is not before
+
+            await wait_for(another_pass, timeout=5, what="another engine pass")
+        assert await stored() == (text, revision)
+
+        # The reason changes with the cluster, and goes once the unit is placed.
+        await register(registry, "r2", metadata={"disk": "hdd"})
+        await wait_for(
+            lambda: _has(stored(), "ruled out 2 of 2 machines"), timeout=5, what="the reason to count 2 machines"
+        )
+        await register(registry, "r3", metadata={"disk": "ssd"})
+        await wait_placement(registry, {"other.service": ["r1"], "ssd.service": ["r3"]})
+
+        async def cleared() -> bool:
+            return await stored() == ("", 0)
+
+        await wait_for(cleared, timeout=5, what="the reason to be deleted once the unit is placed")
+
+
+async def _has(reason: Awaitable[tuple[str, int]], text: str) -> bool:
+    return text in (await reason)[0]
+
+
+async def test_the_reason_of_a_destroyed_or_stopped_unit_is_deleted(registry: EtcdRegistry) -> None:
+    await register(registry, "d1")
+    engine = Engine(registry=registry, machine=MachineID("d1"), leader_ttl=2, interval=1)
+    pinned = BODY + "\n[X-Fleet]\nMachineID=nowhere\n"
+    async with running(engine):
+        await submit(registry, "gone.service", body=pinned)
+        await submit(registry, "stopped.service", body=pinned)
+
+        async def both_stored() -> bool:
+            return all([(await stored_reason(registry, u))[0] for u in ("gone.service", "stopped.service")])
+
+        await wait_for(both_stored, timeout=5, what="reasons for both units")
+        assert await registry.destroy_unit("gone.service")
+        await submit(registry, "stopped.service", DesiredState.INACTIVE, body=pinned)
+
+        async def none_stored() -> bool:
+            _, kvs = await registry.client.get_prefix(registry.keys.unplaced_all)
+            return not kvs
+
+        await wait_for(none_stored, timeout=5, what="the reasons to be deleted")
+        assert engine.unplaced == {}
 
 
 async def test_a_second_engine_takes_over_when_the_leader_dies_and_the_old_one_cannot_write(
@@ -158,3 +228,17 @@ async def test_a_second_engine_takes_over_when_the_leader_dies_and_the_old_one_c
                 return not first.leading.is_set()
 
             await wait_for(stepped_down, timeout=5, what="the old leader to notice it lost its lease")
+
+
+async def test_dynamic_metadata_moves_units_whose_requirements_it_changes(registry: EtcdRegistry) -> None:
+    await register(registry, "k1", "k2", metadata={"role": "db"})
+    engine = Engine(registry=registry, machine=MachineID("k1"), leader_ttl=2, interval=5)
+    async with running(engine):
+        await submit(registry, "web.service", body=BODY + "\n[X-Fleet]\nMachineMetadata=role=web\n")
+        await submit(registry, "any.service")
+        await wait_placement(registry, {"any.service": ["k1"]})
+        await registry.set_machine_metadata([(MachineID("k2"), "role", "web")])
+        await wait_placement(registry, {"any.service": ["k1"], "web.service": ["k2"]})
+        # k2's role is removed (the empty value hides its configured role=db too), k1 becomes a web machine
+        await registry.set_machine_metadata([(MachineID("k2"), "role", ""), (MachineID("k1"), "role", "web")])
+        await wait_placement(registry, {"any.service": ["k1"], "web.service": ["k1"]})

@@ -13,15 +13,18 @@ from hypothesis import strategies as st
 from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitRecord
 from fleetpy.plan import (
     ClusterSnapshot,
+    EngineAction,
     EnginePlan,
     Schedule,
+    UnitPreview,
     Unschedule,
     Update,
     apply_engine_plan,
     engine_plan,
+    preview,
     requirements_of,
 )
-from fleetpy.scheduler import MachineView, check, conflicts_between
+from fleetpy.scheduler import MachineView, Rejection, Rule, Verdict, check, conflicts_between
 from fleetpy.unit import UnitFile, name_info, validate_requirements
 
 LAUNCHED, LOADED, INACTIVE = DesiredState.LAUNCHED, DesiredState.LOADED, DesiredState.INACTIVE
@@ -76,8 +79,9 @@ def placements(snapshot: ClusterSnapshot) -> dict[str, list[str]]:
     return result
 
 
-def summary(plan: EnginePlan) -> list[tuple[str, str, str, str]]:
-    return [(type(a).__name__, a.entry.unit, a.entry.machine, a.reason) for a in plan.actions]
+def summary(plan: EnginePlan | Iterable[EngineAction]) -> list[tuple[str, str, str, str]]:
+    actions = plan.actions if isinstance(plan, EnginePlan) else plan
+    return [(type(a).__name__, a.entry.unit, a.entry.machine, a.reason) for a in actions]
 
 
 def after(snapshot: ClusterSnapshot) -> dict[str, list[str]]:
@@ -225,11 +229,36 @@ def test_machine_loss_places_the_unit_even_if_the_lost_machine_still_reports_it(
     assert after(snapshot) == {"a.service": ["m1"]}
 
 
-def test_a_unit_still_reported_on_a_live_machine_waits_for_it_to_stop() -> None:
-    snapshot = cluster([unit("a.service")], ["m1", "m2"], reported={"a.service": ["m2"]})
+def test_a_unit_still_reported_on_a_live_machine_that_cannot_run_it_waits_for_it_to_stop() -> None:
+    snapshot = cluster(
+        [unit("a.service", "MachineMetadata=disk=ssd\n")],
+        [machine("m1", disk="ssd"), machine("m2", disk="hdd")],
+        reported={"a.service": ["m2"]},
+    )
     plan = engine_plan(snapshot)
     assert plan.actions == ()
     assert plan.unplaced == {"a.service": "waiting for it to stop on Machine(m2)"}
+
+
+def test_a_unit_still_reported_on_two_live_machines_waits_for_both() -> None:
+    snapshot = cluster([unit("a.service")], ["m1", "m2", "m3"], reported={"a.service": ["m3", "m2"]})
+    plan = engine_plan(snapshot)
+    assert plan.actions == ()
+    assert plan.unplaced == {"a.service": "waiting for it to stop on Machine(m2)"}
+
+
+def test_a_unit_still_running_on_the_only_machine_that_reports_it_stays_there() -> None:
+    # A machine that came back with the unit still running, the unit unplaced meanwhile: placing it anywhere
+    # else would stop and start it; it stays, although m1 is less loaded.
+    snapshot = cluster(
+        [unit("a.service"), unit("b.service")],
+        ["m1", "m2"],
+        placed={"m2": ["b.service"]},
+        reported={"a.service": ["m2"]},
+    )
+    assert summary(engine_plan(snapshot)) == [
+        ("Schedule", "a.service", "m2", "target state launched and unit not scheduled")
+    ]
 
 
 def test_a_unit_unscheduled_from_its_machine_waits_there_before_moving() -> None:
@@ -412,6 +441,97 @@ ID2 = "5555555566666666777777778888bbbb"
             {"m1": ["a.service", "b.service"]},
             {"a.service": ["m1"]},
             id="of two conflicting units on one machine the first by name stays",
+        ),
+        # The deprecated spellings of §2.1 schedule as their current names do.
+        pytest.param(
+            [unit("a.service", "X-ConditionMachineID=55555555\n")],
+            [ID1, ID2],
+            {},
+            {"a.service": [ID2]},
+            id="deprecated X-ConditionMachineID pins",
+        ),
+        pytest.param(
+            [unit("a.service", f"X-ConditionMachineBootID={ID2}\n")],
+            [ID1, ID2],
+            {},
+            {"a.service": [ID2]},
+            id="legacy X-ConditionMachineBootID pins",
+        ),
+        pytest.param(
+            [unit("a.service", "X-ConditionMachineMetadata=region=eu\n")],
+            [machine("m1", region="us"), machine("m2", region="eu")],
+            {},
+            {"a.service": ["m2"]},
+            id="deprecated X-ConditionMachineMetadata",
+        ),
+        pytest.param(
+            [unit("app.service", "X-ConditionMachineOf=db.service\n"), unit("db.service")],
+            ["m1", "m2"],
+            {"m2": ["db.service"]},
+            {"app.service": ["m2"], "db.service": ["m2"]},
+            id="deprecated X-ConditionMachineOf",
+        ),
+        pytest.param(
+            [unit(f"web@{i}.service", "X-Conflicts=web@*.service\n") for i in (1, 2)],
+            ["m1", "m2"],
+            {},
+            {"web@1.service": ["m1"], "web@2.service": ["m2"]},
+            id="deprecated X-Conflicts",
+        ),
+        # Specifiers are expanded with each unit's own name.
+        pytest.param(
+            [unit(f"web@{i}.service", "Conflicts=%p@*.service\n") for i in (1, 2, 3)],
+            ["m1", "m2", "m3"],
+            {},
+            {"web@1.service": ["m1"], "web@2.service": ["m2"], "web@3.service": ["m3"]},
+            id="instances that conflict with their siblings through a specifier spread out",
+        ),
+        pytest.param(
+            [unit(f"meta@{h}.service", "MachineMetadata=hostname=%i\n") for h in ("h1", "h2")],
+            [machine("m1", hostname="h2"), machine("m2", hostname="h1")],
+            {},
+            {"meta@h1.service": ["m2"], "meta@h2.service": ["m1"]},
+            id="metadata from the instance name",
+        ),
+        # The combinations §2.4 allows.
+        pytest.param(
+            [unit("a.service", "MachineID=55555555\nMachineMetadata=disk=ssd\n")],
+            [machine(ID1, disk="ssd"), machine(ID2, disk="ssd")],
+            {},
+            {"a.service": [ID2]},
+            id="MachineID with metadata the pinned machine has",
+        ),
+        pytest.param(
+            [unit("a.service", "MachineID=55555555\nMachineMetadata=disk=ssd\n")],
+            [machine(ID1, disk="ssd"), machine(ID2, disk="hdd")],
+            {},
+            {},
+            id="MachineID with metadata the pinned machine lacks is not placed",
+        ),
+        pytest.param(
+            [unit("app.service", "MachineOf=db.service\nConflicts=x.service\n"), unit("db.service"), unit("x.service")],
+            ["m1", "m2"],
+            {"m1": ["db.service", "x.service"]},
+            {"db.service": ["m1"], "x.service": ["m1"]},
+            id="MachineOf with Conflicts: a conflict on the peer's machine keeps the follower off",
+        ),
+        pytest.param(
+            [
+                unit("app.service", "MachineOf=db.service\nReplaces=old.service\n"),
+                unit("db.service"),
+                unit("old.service"),
+            ],
+            ["m1", "m2"],
+            {"m1": ["db.service", "old.service"]},
+            {"app.service": ["m1"], "db.service": ["m1"], "old.service": ["m2"]},
+            id="MachineOf with Replaces: the follower joins its peer and displaces what it replaces",
+        ),
+        pytest.param(
+            [unit("g.service", "Global=true\nMachineMetadata=role=web\nConflicts=x.service\n"), unit("x.service")],
+            [machine("m1", role="web"), machine("m2", role="web"), machine("m3", role="db")],
+            {"m1": ["x.service"]},
+            {"g.service": ["m2"], "x.service": ["m1"]},
+            id="Global with metadata and conflicts",
         ),
     ],
 )
@@ -670,7 +790,50 @@ def test_a_placed_global_unit_keeps_its_machines_against_a_new_one_earlier_in_th
         ["m1", "m2"],
         placed={"m1": ["b.service"]},
     )
-    assert after(snapshot) == {"a.service": ["m2"], "b.service": ["m1"]}
+    # b runs already: it keeps m1 and is offered the free machine m2 first; a runs nowhere, and says why.
+    plan = engine_plan(snapshot)
+    assert placements(apply_engine_plan(snapshot, plan)) == {"b.service": ["m1", "m2"]}
+    assert plan.unplaced == {
+        "a.service": "no machine can run it: Conflicts ruled out 2 of 2 machines "
+        "(found conflict with locally-scheduled Unit(b.service))"
+    }
+
+
+def test_a_machine_that_joins_later_gets_the_global_unit_that_already_runs() -> None:
+    snapshot = cluster(
+        [unit("b.service", "Global=true\n"), unit("a.service", "Global=true\nConflicts=b.service\n")],
+        ["m1", "m2", "m3"],
+        placed={"m1": ["b.service"], "m2": ["b.service"]},
+    )
+    assert after(snapshot) == {"b.service": ["m1", "m2", "m3"]}
+
+
+def test_global_units_placed_on_different_machines_both_count_as_running() -> None:
+    # a runs on m1, b on m2 (metadata kept them apart); on m3, where both may run, name order decides.
+    snapshot = cluster(
+        [
+            unit("a.service", "Global=true\nConflicts=b.service\nMachineMetadata=a=1\n"),
+            unit("b.service", "Global=true\nMachineMetadata=b=1\n"),
+        ],
+        [machine("m1", a="1"), machine("m2", b="1"), machine("m3", a="1", b="1")],
+        placed={"m1": ["a.service"], "m2": ["b.service"]},
+    )
+    assert after(snapshot) == {"a.service": ["m1", "m3"], "b.service": ["m2"]}
+
+
+def test_a_global_unit_that_no_machine_can_run_says_why() -> None:
+    snapshot = cluster(
+        [unit("g.service", "Global=true\nMachineMetadata=role=edge\n")], [machine("m1"), machine("m2", role="db")]
+    )
+    plan = engine_plan(snapshot)
+    assert plan.actions == ()
+    assert plan.unplaced == {
+        "g.service": "no machine can run it: MachineMetadata ruled out 2 of 2 machines "
+        "(local Machine metadata insufficient)"
+    }
+    assert engine_plan(cluster([unit("g.service", "Global=true\n")], [])).unplaced == {
+        "g.service": "zero agents available"
+    }
 
 
 def test_new_units_avoid_machines_where_a_global_unit_conflicts_with_them() -> None:
@@ -703,6 +866,108 @@ def test_a_global_unit_does_not_wait_for_reports_elsewhere() -> None:
 
 def test_global_template_is_never_placed() -> None:
     assert after(cluster([unit("g@.service", "Global=true\n")], ["m1"])) == {}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Explanations and previews (fleetpyctl plan)
+
+CONFLICT_B = Rejection(Rule.CONFLICTS, "found conflict with locally-scheduled Unit(b.service)")
+NO_SSD = Rejection(Rule.METADATA, "local Machine metadata insufficient")
+
+
+def explained_cluster(*extra: UnitRecord) -> ClusterSnapshot:
+    """m1 (ssd) runs b, m2 (ssd) runs c, m3 (no disk) is empty."""
+    return cluster(
+        [unit("b.service"), unit("c.service"), *extra],
+        [machine("m1", disk="ssd"), machine("m2", disk="ssd"), machine("m3")],
+        placed={"m1": ["b.service"], "m2": ["c.service"]},
+    )
+
+
+def test_an_explanation_lists_every_machine_least_loaded_first_as_the_scheduler_saw_it() -> None:
+    snapshot = explained_cluster(unit("a.service", "MachineMetadata=disk=ssd\nConflicts=b.service\n"))
+    plan = engine_plan(snapshot, explain=frozenset({"a.service"}))
+    assert summary(plan) == [("Schedule", "a.service", "m2", "target state launched and unit not scheduled")]
+    assert plan.explanations == {
+        "a.service": (Verdict("m3", 0, NO_SSD), Verdict("m1", 1, CONFLICT_B), Verdict("m2", 1, None))
+    }
+
+
+def test_explaining_changes_no_decision_and_costs_nothing_when_not_asked() -> None:
+    snapshot = explained_cluster(unit("a.service", "MachineMetadata=disk=ssd\nConflicts=b.service\n"))
+    explained = engine_plan(snapshot, explain=frozenset(snapshot.units))
+    plain = engine_plan(snapshot)
+    assert (explained.actions, explained.unplaced) == (plain.actions, plain.unplaced)
+    assert plain.explanations == {}
+
+
+def test_preview_of_a_new_unit() -> None:
+    snapshot = explained_cluster()
+    result = preview(snapshot, [unit("a.service", "MachineMetadata=disk=ssd\nConflicts=b.service\n")])
+    assert result.units == (
+        UnitPreview(
+            "a.service",
+            ("m2",),
+            kept=False,
+            reason="",
+            verdicts=(Verdict("m3", 0, NO_SSD), Verdict("m1", 1, CONFLICT_B), Verdict("m2", 1, None)),
+        ),
+    )
+    assert summary(result.actions) == [("Schedule", "a.service", "m2", "target state launched and unit not scheduled")]
+
+
+def test_preview_of_a_unit_no_machine_can_run() -> None:
+    snapshot = explained_cluster()
+    result = preview(snapshot, [unit("a.service", "MachineMetadata=disk=ssd\nConflicts=[bc].service\n")])
+    (only,) = result.units
+    assert only.machines == ()
+    assert only.reason == (
+        "no machine can run it: MachineMetadata ruled out 1 of 3 machines (local Machine metadata insufficient); "
+        "Conflicts ruled out 2 of 3 machines (found conflict with locally-scheduled Unit(b.service))"
+    )
+    assert [v.rejection.rule if v.rejection else None for v in only.verdicts] == [
+        Rule.METADATA,
+        Rule.CONFLICTS,
+        Rule.CONFLICTS,
+    ]
+    assert result.actions == ()
+
+
+def test_preview_of_a_unit_that_stays_where_it_is() -> None:
+    snapshot = explained_cluster()
+    (only,) = preview(snapshot, [snapshot.units["b.service"]]).units
+    assert (only.machines, only.kept, only.reason) == (("m1",), True, "")
+    assert only.verdicts == (Verdict("m3", 0, None), Verdict("m1", 1, None), Verdict("m2", 1, None))
+
+
+def test_preview_shows_what_a_replacing_unit_displaces() -> None:
+    snapshot = explained_cluster()
+    result = preview(snapshot, [unit("new.service", "Replaces=b.service\nMachineMetadata=disk=ssd\n")])
+    assert result.units[0].machines == ("m1",)
+    assert summary(result.actions) == [
+        ("Schedule", "new.service", "m1", "target state launched and unit not scheduled"),
+        ("Unschedule", "b.service", "m1", "replaced by Unit(new.service)"),
+        ("Schedule", "b.service", "m3", "target state launched and unit not scheduled"),
+    ]
+
+
+def test_preview_of_a_global_unit_lists_every_machine_it_would_run_on() -> None:
+    snapshot = explained_cluster()
+    (only,) = preview(snapshot, [unit("g.service", "Global=true\nMachineMetadata=disk=ssd\n")]).units
+    assert (only.machines, only.kept, only.reason) == (("m1", "m2"), False, "")
+    assert sorted((v.machine, v.rejection) for v in only.verdicts) == [("m1", None), ("m2", None), ("m3", NO_SSD)]
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        pytest.param(unit("t@.service"), "templates are never placed", id="a template"),
+        pytest.param(unit("a.service", desired=INACTIVE), "target state inactive", id="an inactive unit"),
+    ],
+)
+def test_preview_of_units_that_are_never_placed(record: UnitRecord, reason: str) -> None:
+    (only,) = preview(explained_cluster(), [record]).units
+    assert (only.machines, only.reason) == ((), reason)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -855,10 +1120,9 @@ def test_property_plans_are_safe(snapshot: ClusterSnapshot) -> None:
     keys = [(a.entry.machine, a.entry.unit) for a in plan.actions]
     assert len(keys) == len(set(keys)), summary(plan)
 
-    # Every unit that is wanted, not global and not placed has a reason.
+    # Every unit that is wanted and placed nowhere has a reason, and only those.
     for name in snapshot.units:
-        if _wanted(snapshot, name) and not snapshot.units[name].is_global and name not in placed:
-            assert name in plan.unplaced
+        assert (_wanted(snapshot, name) and name not in placed) == (name in plan.unplaced), name
 
 
 @PROPERTY
@@ -866,6 +1130,23 @@ def test_property_plans_are_safe(snapshot: ClusterSnapshot) -> None:
 def test_property_applying_a_plan_and_planning_again_gives_nothing_to_do(snapshot: ClusterSnapshot) -> None:
     result = apply_engine_plan(snapshot, engine_plan(snapshot))
     assert summary(engine_plan(result)) == []
+
+
+@PROPERTY
+@given(snapshots())
+def test_property_explanations_change_nothing_and_agree_with_the_choice(snapshot: ClusterSnapshot) -> None:
+    plain = engine_plan(snapshot)
+    explained = engine_plan(snapshot, explain=frozenset(snapshot.units))
+    assert (explained.actions, explained.unplaced) == (plain.actions, plain.unplaced)
+    for action in explained.actions:
+        name = action.entry.unit
+        if isinstance(action, Schedule) and not snapshot.units[name].is_global and name not in snapshot.reported:
+            # least loaded wins: the first machine of the explanation that passes every check
+            first = next(v for v in explained.explanations[name] if v.rejection is None)
+            assert first.machine == action.entry.machine, (name, explained.explanations[name])
+    for name, reason in explained.unplaced.items():
+        if reason.startswith("no machine can run it"):
+            assert all(v.rejection is not None for v in explained.explanations[name]), name
 
 
 def _shuffled(snapshot: ClusterSnapshot, rnd: random.Random) -> ClusterSnapshot:
