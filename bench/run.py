@@ -197,13 +197,14 @@ class HollowCluster:
         self.kill_file = os.path.join(bench.workdir, "hollow-kill.txt")
         self.client: EtcdClient | None = None
         self.hollow: subprocess.Popen[bytes] | None = None
+        self.control: subprocess.Popen[bytes] | None = None
         self.machine_ids: list[str] = []
 
     async def start(self) -> None:
         self.etcd.start()
         self.client = EtcdClient([self.etcd.endpoint], timeout=30)
         # A control-plane fleetpyd: engine candidate and API, no agent (a legitimate production layout).
-        self.bench.spawn(
+        self.control = self.bench.spawn(
             [PY, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--machine-id", "control", "--api-socket",
              self.socket, "--etcd-servers", self.etcd.endpoint, "--etcd-key-prefix", PREFIX],
             "control.log",
@@ -271,23 +272,61 @@ async def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-async def figures_acdeg(bench: Bench, machines: int, units: int) -> None:
+def start_profilers(
+    bench: Bench, processes: dict[str, subprocess.Popen[bytes] | None], directory: str
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy (if installed) on each process while (a) runs; flame graphs and raw stacks go to ``directory``."""
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(PY), "py-spy")
+    if not directory or not os.path.exists(spy):
+        return []
+    os.makedirs(directory, exist_ok=True)
+    started = []
+    for name, process in processes.items():
+        if process is None:
+            continue
+        for fmt, suffix in (("raw", "txt"), ("flamegraph", "svg")):
+            output = os.path.join(directory, f"a-{name}.{suffix}")
+            command = [spy, "record", "-o", output, "-f", fmt, "-r", "50", "-p", str(process.pid)]
+            started.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return started
+
+
+def stop_profilers(profilers: list[subprocess.Popen[bytes]]) -> None:
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)
+    for profiler in profilers:
+        try:
+            profiler.wait(30)
+        except subprocess.TimeoutExpired:
+            profiler.kill()
+
+
+async def figures_acdeg(bench: Bench, machines: int, units: int, profile: str = "", verbose: bool = False) -> None:
     cluster = HollowCluster(bench, machines)
     try:
         await cluster.start()
         assert cluster.client is not None
         # (a) and (c)
         batch = [unit_json(f"u{i:05d}.service", sleeper(i)) for i in range(units)]
+        profilers = start_profilers(bench, {"control": cluster.control, "hollow": cluster.hollow}, profile)
         revision_before = await cluster.client.status()
         started = time.monotonic()
         await cluster.post_units(batch)
         submitted = time.monotonic() - started
 
         async def all_launched() -> bool:
-            return len(await cluster.launched()) >= units
+            count = len(await cluster.launched())
+            if verbose:
+                _, placed = await cluster.client.get_prefix(f"{PREFIX}/schedule/", keys_only=True)
+                print(
+                    f"      t={time.monotonic() - started:5.1f}s placed={len(placed):5d} launched={count:5d}",
+                    flush=True,
+                )
+            return count >= units
 
         elapsed = submitted + await wait_until(all_launched, 600, 0.5)
         revision_after = await cluster.client.status()
+        stop_profilers(profilers)
         bench.add(
             Figure(
                 "a",
@@ -555,7 +594,7 @@ async def run(args: argparse.Namespace) -> Bench:
     try:
         print(f"fleetpy bench (work directory {workdir})", flush=True)
         figure_b(bench)
-        await figures_acdeg(bench, args.machines, args.units)
+        await figures_acdeg(bench, args.machines, args.units, args.profile, args.verbose)
         if os.geteuid() == 0 and not args.hollow_only:
             await figure_f(bench, args.rest)
             await figure_h(bench)
@@ -575,6 +614,13 @@ def main() -> int:
     parser.add_argument("--rest", type=float, default=60.0, help="seconds of rest measured for (f)")
     parser.add_argument("--hollow-only", action="store_true", help="skip (f) and (h), which need real hosts")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print progress while (a) runs")
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="profile the control plane and the hollow machines with py-spy during (a)",
+    )
     parser.add_argument("--output", default=os.path.join(ROOT, "bench.json"))
     args = parser.parse_args()
     started = time.monotonic()

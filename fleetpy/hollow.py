@@ -59,7 +59,9 @@ class HollowFleet:
     def __init__(
         self,
         *,
-        client: EtcdClient,
+        client: EtcdClient | None = None,
+        endpoints: Sequence[str] = (),
+        per_client: int = 50,
         prefix: str,
         count: int,
         ttl: int = 10,
@@ -69,7 +71,12 @@ class HollowFleet:
         id_prefix: str = "hollow",
         metadata: dict[str, str] | None = None,
     ) -> None:
-        self.client = client
+        # Machines share etcd connections, a few dozen per connection: a real machine has one of its own, and
+        # one connection for 1,000 watches makes aetcd's watch set-up quadratic (every creation wakes every
+        # waiter).
+        self.endpoints = tuple(endpoints)
+        self.per_client = per_client
+        self.clients: list[EtcdClient] = [client] if client is not None else []
         self.keys = Keys(prefix)
         self.count = count
         self.ttl = ttl
@@ -80,9 +87,16 @@ class HollowFleet:
         self.metadata = metadata or {}
         self.machines: dict[MachineID, HollowMachine] = {}
 
+    def _client(self, index: int) -> EtcdClient:
+        if self.endpoints:
+            while len(self.clients) <= index // self.per_client:
+                self.clients.append(EtcdClient(self.endpoints, timeout=10))
+            return self.clients[index // self.per_client]
+        return self.clients[0]
+
     def _build(self, index: int) -> HollowMachine:
         machine_id = MachineID(f"{self.id_prefix}-{index:05d}")
-        registry = EtcdRegistry(self.client, self.keys)
+        registry = EtcdRegistry(self._client(index), self.keys)
         systemd = HollowSystemd(start_delay=self.start_delay)
         presence = Presence(registry, local_machine(machine_id, "", dict(self.metadata)), ttl=self.ttl, lease_file=None)
         agent = Agent(
@@ -108,6 +122,8 @@ class HollowFleet:
             if machine.engine is not None:
                 machine.tasks.append(asyncio.create_task(machine.engine.run()))
             self.machines[machine.id] = machine
+        # Ready means every machine watches its schedule, as it would on a cluster that has been up a while.
+        await asyncio.gather(*(m.agent.watching.wait() for m in machines))
 
     async def kill(self, machine_ids: Sequence[str]) -> None:
         """Stop machines as a crash would: no deregistration, their leases simply stop being refreshed."""
@@ -133,16 +149,18 @@ class HollowFleet:
 
     async def stop(self) -> None:
         await self.kill(list(self.machines))
+        if self.endpoints:
+            for client in self.clients:
+                await client.close()
 
 
 async def _serve(args: argparse.Namespace) -> None:
     # Unit files go to memory, as /run/fleetpy/units does on a real host (a disk makes file creation the cost).
     scratch = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: ASYNC240 - start-up
     workdir = args.workdir or tempfile.mkdtemp(prefix="fleetpy-hollow-", dir=scratch)
-    client = EtcdClient(args.etcd.split(","), timeout=10)
     metadata = dict(item.split("=", 1) for item in args.metadata.split(",") if "=" in item) if args.metadata else {}
     fleet = HollowFleet(
-        client=client,
+        endpoints=args.etcd.split(","),
         prefix=args.prefix,
         count=args.count,
         ttl=args.ttl,
@@ -183,7 +201,6 @@ async def _serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await fleet.stop()
-        await client.close()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 

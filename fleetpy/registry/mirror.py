@@ -95,11 +95,20 @@ class Mirror:
         self.changed = asyncio.Event()
         self.loaded = asyncio.Event()
         self.events = 0  # watch events received: what the scale benchmark counts
+        self._dirty: set[str] = set()
+        self.watching = asyncio.Event()  # set once every prefix's watch has been accepted by etcd
+        self._watched: set[str] = set()
+
+    def take_changes(self) -> set[str]:
+        """The prefixes that changed since the last call (all of them after a load)."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
 
     async def load(self) -> None:
         result = await self.client.read(*(Range(p.prefix, prefix=True) for p in self.prefixes))
         for prefix, kvs in zip(self.prefixes, result.ranges, strict=True):
             prefix.load(kvs, result.revision)
+            self._dirty.add(prefix.prefix)
         self.loaded.set()
         self.changed.set()
 
@@ -121,16 +130,23 @@ class Mirror:
                 with attempt:
                     await self._watch(prefix)
 
+    def _created(self, prefix: Prefix[Any]) -> None:
+        self._watched.add(prefix.prefix)
+        if len(self._watched) == len(self.prefixes):
+            self.watching.set()
+
     async def _watch(self, prefix: Prefix[Any]) -> None:
         """Follow the prefix from the revision after the last one seen, until the watch breaks
         (``RegistryUnavailable``); after a compaction, read the prefix again and return."""
         try:
-            async for event in self.client.watch(prefix.prefix, prefix.revision + 1):
+            async for event in self.client.watch(prefix.prefix, prefix.revision + 1, lambda: self._created(prefix)):
                 self.events += 1
                 if prefix.apply(event):
+                    self._dirty.add(prefix.prefix)
                     self.changed.set()  # only real changes wake the loop: not echoes, not equal values
         except Compacted:
             log.info("watch on %s was compacted: reading it again", prefix.prefix)
             revision, kvs = await self.client.get_prefix(prefix.prefix)
             prefix.load(kvs, revision)
+            self._dirty.add(prefix.prefix)
             self.changed.set()
