@@ -436,6 +436,8 @@ class DevOptions:
     metadata: Sequence[str] = ()  # per machine, "k=v,k2=v2", cycled
     extra_config: Sequence[str] = ()  # extra "option=value" lines for every host's fleetpy.conf
     etcd: str = ""  # use this etcd instead of starting one
+    hollow: int = 0  # simulated machines (fleetpy.hollow), in one child process
+    hollow_start_delay: float = 0.0
     watch_dir: str = ""  # a watched directory for the cluster, watched by the supervisor
 
 
@@ -449,6 +451,8 @@ class DevCluster:
         self.hosts: list[SandboxHost] = []
         self._runner: web.AppRunner | None = None
         self._client: EtcdClient | None = None
+        self.hollow: subprocess.Popen[bytes] | None = None
+        self.hollow_machines: list[str] = []
 
     @property
     def cluster_file(self) -> str:
@@ -495,6 +499,12 @@ class DevCluster:
             "api": f"unix://{self.api_socket}",
             "machines": [host.describe() for host in self.hosts],
         }
+        if self.hollow is not None:
+            description["hollow"] = {
+                "pid": self.hollow.pid,
+                "machines": self.hollow_machines,
+                "note": "simulated systemd (fleetpy.hollow), for scale work only",
+            }
         temporary = self.cluster_file + ".tmp"
         with open(temporary, "w") as handle:
             json.dump(description, handle, indent=2)
@@ -521,7 +531,27 @@ class DevCluster:
         for host in self.hosts:
             host.wait_ready()
         await self.wait_registered(registry, [h.machine_id for h in self.hosts])
+        if self.options.hollow:
+            await self._start_hollow()
         self.write_description()
+
+    async def _start_hollow(self) -> None:
+        """The simulated machines, in a child process; engine candidates among them if no real host has one."""
+        command = [
+            sys.executable, "-m", "fleetpy.hollow", "--etcd", self.etcd_endpoint, "--prefix", self.options.prefix,
+            "--count", str(self.options.hollow), "--ttl", str(self.options.agent_ttl),
+            "--start-delay", str(self.options.hollow_start_delay), "--engines", "0" if self.hosts else "2",
+        ]  # fmt: skip
+        log_path = os.path.join(self.state_dir, "hollow.log")
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 - start-up
+            self.hollow = subprocess.Popen(  # noqa: ASYNC220 - start-up; it runs until the cluster stops
+                command, stdout=subprocess.PIPE, stderr=out, preexec_fn=_die_with_parent
+            )
+        assert self.hollow.stdout is not None
+        line = await asyncio.to_thread(self.hollow.stdout.readline)
+        if not line:
+            raise FleetError(f"the hollow machines did not start:\n{_tail(log_path)}")
+        self.hollow_machines = list(json.loads(line)["machines"])
 
     async def wait_registered(self, registry: EtcdRegistry, machines: Sequence[str], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -573,6 +603,13 @@ class DevCluster:
             await asyncio.sleep(1)
 
     async def stop(self) -> None:
+        if self.hollow is not None and self.hollow.poll() is None:
+            self.hollow.terminate()
+            try:
+                self.hollow.wait(30)
+            except subprocess.TimeoutExpired:
+                self.hollow.kill()
+                self.hollow.wait()
         for host in self.hosts:
             host.kill()
         if self._runner is not None:

@@ -284,7 +284,9 @@ class EtcdClient:
 
     # watches
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
+    async def watch(
+        self, prefix: str, start_revision: int, created: Callable[[], None] | None = None
+    ) -> AsyncIterator[Event]:
         """Events under ``prefix`` from ``start_revision`` on, until the stream breaks (``RegistryUnavailable``)
         or the revision is compacted (``Compacted``)."""
         await self._client.connect()
@@ -297,6 +299,8 @@ class EtcdClient:
             self._count("watch", failed=True)
             raise _translate(exc, f"watch {prefix}") from exc
         self._count("watch", failed=False)
+        if created is not None:
+            created()
         try:
             async for event in watch:
                 yield Event(
