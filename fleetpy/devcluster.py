@@ -226,22 +226,7 @@ class SandboxHost:
 
     def fleetpyd_pid(self) -> int:
         """The host's fleetpyd as seen from outside (0 if it is not running)."""
-        init = self.host_pid
-        if not init:
-            return 0
-        try:
-            with open(f"/proc/{init}/task/{init}/children") as handle:
-                children = [int(p) for p in handle.read().split()]
-        except OSError:
-            return 0
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    if b"fleetpy.cli.fleetpyd" in handle.read():
-                        return pid
-            except OSError:
-                continue
-        return 0
+        return fleetpyd_pid(self.host_pid)
 
     def start(self) -> None:
         os.makedirs(os.path.join(self.directory, "home"), exist_ok=True)
@@ -303,14 +288,10 @@ class SandboxHost:
         return '"running"' in result.stdout or '"degraded"' in result.stdout
 
     def hold_fleetpyd(self) -> None:
-        """Keep the host's fleetpyd from being started or restarted (``devhost``), until released."""
-        with open(os.path.join(self.directory, HOLD), "w"):
-            pass
+        hold_fleetpyd(self.directory)
 
     def release_fleetpyd(self) -> None:
-        """Let the host's init start fleetpyd again if it is not running (after its restart delay)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.directory, HOLD))
+        release_fleetpyd(self.directory)
 
     def kill(self) -> None:
         """End the whole host at once: every process in its cgroup."""
@@ -346,6 +327,37 @@ class SandboxHost:
             "cgroup": self.cgroup,
             "api": f"unix://{self.run_dir}/fleetpy/fleetpy.sock",
         }
+
+
+def fleetpyd_pid(host_pid: int) -> int:
+    """The fleetpyd of the host whose init is ``host_pid``, as seen from outside (0 if it is not running)."""
+    if not host_pid:
+        return 0
+    try:
+        with open(f"/proc/{host_pid}/task/{host_pid}/children") as handle:
+            children = [int(p) for p in handle.read().split()]
+    except OSError:
+        return 0
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"fleetpy.cli.fleetpyd" in handle.read():
+                    return pid
+        except OSError:
+            continue
+    return 0
+
+
+def hold_fleetpyd(host_dir: str) -> None:
+    """Keep a host's fleetpyd from being started or restarted by its init (``devhost``), until released."""
+    with open(os.path.join(host_dir, HOLD), "w"):
+        pass
+
+
+def release_fleetpyd(host_dir: str) -> None:
+    """Let a host's init start fleetpyd again if it is not running (after its restart delay)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(host_dir, HOLD))
 
 
 def _remove_tree(cgroup: str) -> bool:
