@@ -38,3 +38,7 @@ demo: install
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+
+## bench: the scale figures of docs/performance.md (about 5-10 minutes; root for the real-host figures)
+bench: install
+	$(BIN)/python bench/run.py

@@ -42,6 +42,8 @@ from fleetpy.unit import UnitFile, hash_text, policy_refusal
 
 log = logging.getLogger(__name__)
 
+SETTLE = 0.1  # seconds the agent lets a burst of changes gather before it acts or publishes
+
 
 class MachineInUse(ConfigError):
     """Another live fleetpyd has registered this machine ID."""
@@ -201,13 +203,27 @@ class Agent:
         self._schedule = registry.schedule_prefix(self.machine)
         self._mirror = registry.mirror([self._schedule])
         self.metrics = metrics
-        self.reconciler = Reconciler("agent", self._pass, interval=interval, wake=self._mirror.changed, metrics=metrics)
+        # A short settle gathers the schedule entries the engine writes in one burst into one pass (one read of
+        # their bodies, one batch of actions); a burst of systemd signals is likewise published in one batch.
+        self.reconciler = Reconciler(
+            "agent", self._pass, interval=interval, wake=self._mirror.changed, metrics=metrics, settle=SETTLE
+        )
         self._converging: dict[str, tuple[Desired, float]] = {}  # unit → the target not yet achieved, since when
         self._dirty: set[str] = set()
         self._report = asyncio.Event()
         self._published: dict[str, UnitState] = {}
         systemd.on_change(self._on_systemd_change)
         presence.on_new_lease(self._republish_all)
+
+    @property
+    def watching(self) -> asyncio.Event:
+        """Set once the agent's watch on its schedule is established."""
+        return self._mirror.watching
+
+    @property
+    def watch_events(self) -> int:
+        """Watch events this agent has received: only its own schedule's, by construction."""
+        return self._mirror.events
 
     # ------------------------------------------------------------------ start-up
 
@@ -355,7 +371,10 @@ class Agent:
                     self.metrics.convergence.observe(now - since)
 
     async def _act(self, desired: dict[str, Desired]) -> float | None:
-        for action in agent_plan(desired, self.current):
+        actions = agent_plan(desired, self.current)
+        # Fetch every body this pass loads in a few reads rather than one read per unit.
+        await self.registry.get_bodies(a.hash for a in actions if a.kind == ActionKind.LOAD)
+        for action in actions:
             try:
                 await self._execute(action)
             except SystemdUnavailable:
@@ -442,7 +461,7 @@ class Agent:
     async def _report_loop(self) -> None:
         while True:
             await self._report.wait()
-            await asyncio.sleep(0.02)  # gather a burst of signals into one batch
+            await asyncio.sleep(SETTLE)  # gather a burst of signals (a load, then a start) into one batch
             self._report.clear()
             names, self._dirty = self._dirty, set()
             # Names marked dirty while this batch is published stay in self._dirty for the next round: a

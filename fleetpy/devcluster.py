@@ -226,22 +226,7 @@ class SandboxHost:
 
     def fleetpyd_pid(self) -> int:
         """The host's fleetpyd as seen from outside (0 if it is not running)."""
-        init = self.host_pid
-        if not init:
-            return 0
-        try:
-            with open(f"/proc/{init}/task/{init}/children") as handle:
-                children = [int(p) for p in handle.read().split()]
-        except OSError:
-            return 0
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    if b"fleetpy.cli.fleetpyd" in handle.read():
-                        return pid
-            except OSError:
-                continue
-        return 0
+        return fleetpyd_pid(self.host_pid)
 
     def start(self) -> None:
         os.makedirs(os.path.join(self.directory, "home"), exist_ok=True)
@@ -303,14 +288,10 @@ class SandboxHost:
         return '"running"' in result.stdout or '"degraded"' in result.stdout
 
     def hold_fleetpyd(self) -> None:
-        """Keep the host's fleetpyd from being started or restarted (``devhost``), until released."""
-        with open(os.path.join(self.directory, HOLD), "w"):
-            pass
+        hold_fleetpyd(self.directory)
 
     def release_fleetpyd(self) -> None:
-        """Let the host's init start fleetpyd again if it is not running (after its restart delay)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.directory, HOLD))
+        release_fleetpyd(self.directory)
 
     def kill(self) -> None:
         """End the whole host at once: every process in its cgroup."""
@@ -346,6 +327,37 @@ class SandboxHost:
             "cgroup": self.cgroup,
             "api": f"unix://{self.run_dir}/fleetpy/fleetpy.sock",
         }
+
+
+def fleetpyd_pid(host_pid: int) -> int:
+    """The fleetpyd of the host whose init is ``host_pid``, as seen from outside (0 if it is not running)."""
+    if not host_pid:
+        return 0
+    try:
+        with open(f"/proc/{host_pid}/task/{host_pid}/children") as handle:
+            children = [int(p) for p in handle.read().split()]
+    except OSError:
+        return 0
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"fleetpy.cli.fleetpyd" in handle.read():
+                    return pid
+        except OSError:
+            continue
+    return 0
+
+
+def hold_fleetpyd(host_dir: str) -> None:
+    """Keep a host's fleetpyd from being started or restarted by its init (``devhost``), until released."""
+    with open(os.path.join(host_dir, HOLD), "w"):
+        pass
+
+
+def release_fleetpyd(host_dir: str) -> None:
+    """Let a host's init start fleetpyd again if it is not running (after its restart delay)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(host_dir, HOLD))
 
 
 def _remove_tree(cgroup: str) -> bool:
@@ -436,6 +448,8 @@ class DevOptions:
     metadata: Sequence[str] = ()  # per machine, "k=v,k2=v2", cycled
     extra_config: Sequence[str] = ()  # extra "option=value" lines for every host's fleetpy.conf
     etcd: str = ""  # use this etcd instead of starting one
+    hollow: int = 0  # simulated machines (fleetpy.hollow), in one child process
+    hollow_start_delay: float = 0.0
     watch_dir: str = ""  # a watched directory for the cluster, watched by the supervisor
 
 
@@ -449,6 +463,8 @@ class DevCluster:
         self.hosts: list[SandboxHost] = []
         self._runner: web.AppRunner | None = None
         self._client: EtcdClient | None = None
+        self.hollow: subprocess.Popen[bytes] | None = None
+        self.hollow_machines: list[str] = []
 
     @property
     def cluster_file(self) -> str:
@@ -495,6 +511,12 @@ class DevCluster:
             "api": f"unix://{self.api_socket}",
             "machines": [host.describe() for host in self.hosts],
         }
+        if self.hollow is not None:
+            description["hollow"] = {
+                "pid": self.hollow.pid,
+                "machines": self.hollow_machines,
+                "note": "simulated systemd (fleetpy.hollow), for scale work only",
+            }
         temporary = self.cluster_file + ".tmp"
         with open(temporary, "w") as handle:
             json.dump(description, handle, indent=2)
@@ -521,7 +543,27 @@ class DevCluster:
         for host in self.hosts:
             host.wait_ready()
         await self.wait_registered(registry, [h.machine_id for h in self.hosts])
+        if self.options.hollow:
+            await self._start_hollow()
         self.write_description()
+
+    async def _start_hollow(self) -> None:
+        """The simulated machines, in a child process; engine candidates among them if no real host has one."""
+        command = [
+            sys.executable, "-m", "fleetpy.hollow", "--etcd", self.etcd_endpoint, "--prefix", self.options.prefix,
+            "--count", str(self.options.hollow), "--ttl", str(self.options.agent_ttl),
+            "--start-delay", str(self.options.hollow_start_delay), "--engines", "0" if self.hosts else "2",
+        ]  # fmt: skip
+        log_path = os.path.join(self.state_dir, "hollow.log")
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 - start-up
+            self.hollow = subprocess.Popen(  # noqa: ASYNC220 - start-up; it runs until the cluster stops
+                command, stdout=subprocess.PIPE, stderr=out, preexec_fn=_die_with_parent
+            )
+        assert self.hollow.stdout is not None
+        line = await asyncio.to_thread(self.hollow.stdout.readline)
+        if not line:
+            raise FleetError(f"the hollow machines did not start:\n{_tail(log_path)}")
+        self.hollow_machines = list(json.loads(line)["machines"])
 
     async def wait_registered(self, registry: EtcdRegistry, machines: Sequence[str], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -573,6 +615,13 @@ class DevCluster:
             await asyncio.sleep(1)
 
     async def stop(self) -> None:
+        if self.hollow is not None and self.hollow.poll() is None:
+            self.hollow.terminate()
+            try:
+                self.hollow.wait(30)
+            except subprocess.TimeoutExpired:
+                self.hollow.kill()
+                self.hollow.wait()
         for host in self.hosts:
             host.kill()
         if self._runner is not None:

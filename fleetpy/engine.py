@@ -29,6 +29,10 @@ from fleetpy.registry.base import EngineRegistry
 from fleetpy.retry import until_success
 
 log = logging.getLogger(__name__)
+
+# Let a burst of changes (a batch of units arriving) gather before a pass: each pass plans the whole cluster,
+# so passes over larger bursts cost less in total, for at most this much more latency.
+SETTLE = 0.1
 _TASK_TYPES = {Schedule: "attemptscheduleunit", Unschedule: "unscheduleunit", Update: "updateunit"}
 
 
@@ -96,7 +100,7 @@ class Engine:
         )
         self._mirror = mirror
         reconciler = Reconciler(
-            "engine", self._pass, interval=self.interval, wake=mirror.changed, settle=0.02, metrics=self.metrics
+            "engine", self._pass, interval=self.interval, wake=mirror.changed, settle=SETTLE, metrics=self.metrics
         )
         try:
             async with asyncio.TaskGroup() as group:
@@ -169,6 +173,11 @@ class Engine:
         fence = self.fence
         if fence is None or not self._mirror.loaded.is_set():
             return None
+        changes = self._mirror.take_changes()
+        if changes == {self._states.prefix} and not self.unplaced:
+            # Only unit states changed (agents loading what was placed): they matter to units that wait to be
+            # placed, and there are none. During a start of 10,000 units this skips thousands of passes.
+            return None
         plan = engine_plan(self.snapshot())
         self.last_plan = plan
         for unit, reason in sorted(plan.unplaced.items()):
@@ -182,7 +191,11 @@ class Engine:
         stored = self._reasons.items
         reasons = {unit: reason for unit, reason in plan.unplaced.items() if stored.get(unit) != reason}
         cleared = [unit for unit in stored if unit not in plan.unplaced]
-        ops = [op for action in plan.actions for op in self.registry.engine_ops(action)]
+        # Written machine by machine: an agent then finds all of this pass's work for it in one transaction, so
+        # it wakes once, reads its bodies once and publishes once (10,000 units on 1,000 machines: ~1,000
+        # agent passes instead of ~10,000).
+        by_machine = sorted(plan.actions, key=lambda a: (a.entry.machine, a.entry.unit))
+        ops = [op for action in by_machine for op in self.registry.engine_ops(action)]
         ops += self.registry.reason_ops(reasons, cleared)
         if not ops:
             return None

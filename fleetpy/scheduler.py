@@ -144,7 +144,12 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
     for peer in reqs.peers:
         if peer not in view.units:
             return Rejection(Rule.PEERS, f"required peer Unit({peer}) is not scheduled locally")
-    others = [other for other in sorted(view.units) if other != name]
+    if reqs.conflicts or reqs.replaces:
+        others = sorted(other for other in view.units if other != name)
+    else:
+        # Only units with patterns of their own can object to a unit without any: skip the others (most units,
+        # in most clusters) without building a generator per pair.
+        others = sorted(o for o, r in view.units.items() if (r.conflicts or r.replaces) and o != name)
     # fleet checks every conflict before any replace (§3.5 steps 4 and 5), so a machine that fails both is
     # counted against Conflicts.
     for other in others:

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from fleetpy import devcluster
 from fleetpy.devcluster import EtcdServer, SandboxHost, make_host
-from fleetpy.devhost import HOLD
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.systemd.dbus import DbusSystemd
@@ -105,27 +105,13 @@ class Machine:
 
     def hold_fleetpyd(self) -> None:
         """Keep the host's init from (re)starting its fleetpyd (``fleetpy.devhost``)."""
-        with open(os.path.join(self.dir, HOLD), "w"):
-            pass
+        devcluster.hold_fleetpyd(self.dir)
 
     def release_fleetpyd(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.dir, HOLD))
+        devcluster.release_fleetpyd(self.dir)
 
     def fleetpyd_pid(self) -> int:
-        try:
-            with open(f"/proc/{self.host_pid}/task/{self.host_pid}/children") as handle:
-                children = [int(p) for p in handle.read().split()]
-        except OSError:
-            return 0
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    if b"fleetpy.cli.fleetpyd" in handle.read():
-                        return pid
-            except OSError:
-                continue
-        return 0
+        return devcluster.fleetpyd_pid(self.host_pid)
 
 
 class Cluster:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,7 +30,8 @@ from fleetpy.unit import UnitFile, UnitOption, name_info, validate_name, validat
 log = logging.getLogger(__name__)
 
 PREFIXES = ("/fleet/v1", "/v1-alpha")
-MAX_BODY = 1024 * 1024
+MAX_BODY = 1024 * 1024  # fleet's API requests
+MAX_REQUEST = 64 * 1024 * 1024  # the batch endpoint's; every handler enforces its own limit
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REGISTRY: web.AppKey[ApiRegistry] = web.AppKey("registry")
@@ -61,6 +63,25 @@ class ApiSettings:
         self.metrics = metrics or new_metrics(process=False)
         self.auth = auth
         self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
+        self.listings: dict[tuple[str, ...], tuple[float, list[Any]]] = {}
+
+
+LISTING_TTL = 5.0
+
+
+async def _listing(request: web.Request, key: tuple[str, ...], build: Callable[[], Awaitable[list[Any]]]) -> list[Any]:
+    """The items of a paged listing. Page 1 is read afresh; the later pages of the same listing are served from
+    that read for a few seconds, so following the pages of 10,000 units costs one etcd read instead of one per
+    page (fleet re-read everything for every page), and the pages agree with each other."""
+    settings = request.app[SETTINGS]
+    number = schema.decode_token(request.query.getall("nextPageToken", []), settings.token_limit)
+    now = time.monotonic()
+    cached = settings.listings.get(key)
+    if number > 1 and cached is not None and now - cached[0] < LISTING_TTL:
+        return cached[1]
+    items = await build()
+    settings.listings[key] = (now, items)
+    return items
 
 
 # Compact, as Go's json.Marshal writes it: fleet's clients and scripts see the same bytes.
@@ -108,8 +129,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(503, f"fleet server unable to communicate with etcd: {exc}")
     except HttpError as exc:
         response = error_response(exc.status, _message(exc))
-    except web.HTTPRequestEntityTooLarge:
-        response = error_response(413, f"request body larger than {MAX_BODY} bytes")
+    except web.HTTPRequestEntityTooLarge as exc:
+        response = error_response(413, exc.text or "request body too large")
     except web.HTTPException as exc:
         response = error_response(exc.status, "")
     except FleetError as exc:
@@ -119,17 +140,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     return response
 
 
+OPTIONS_CACHE_SIZE = 20000
+
+
+def remember_options(settings: ApiSettings, unit: UnitFile) -> None:
+    """Keep a unit's parsed options by hash (bodies never change), e.g. right after this process wrote it."""
+    cache = settings.options_cache
+    cache[unit.hash] = unit.options
+    cache.move_to_end(unit.hash)
+    if len(cache) > OPTIONS_CACHE_SIZE:
+        cache.popitem(last=False)
+
+
 async def _options_of(request: web.Request, view: UnitView) -> tuple[UnitOption, ...]:
     settings = request.app[SETTINGS]
-    cache = settings.options_cache
-    unit_hash = view.record.hash
-    options = cache.get(unit_hash)
+    options = settings.options_cache.get(view.record.hash)
     if options is None:
-        body = await request.app[REGISTRY].get_body(unit_hash)
-        options = UnitFile.from_text(body).options if body is not None else ()
-        cache[unit_hash] = options
-        if len(cache) > 20000:
-            cache.popitem(last=False)
+        body = await request.app[REGISTRY].get_body(view.record.hash)
+        if body is None:
+            return ()
+        unit = UnitFile.from_text(body)
+        remember_options(settings, unit)
+        options = unit.options
     return options
 
 
@@ -166,26 +198,24 @@ def _page(request: web.Request, items: Sequence[Any], key: str) -> web.Response:
 
 
 async def list_machines(request: web.Request) -> web.StreamResponse:
-    machines = await request.app[REGISTRY].list_machines()
-    return _page(request, [schema.machine_json(m) for m in machines], "machines")
+    async def build() -> list[Any]:
+        return [schema.machine_json(m) for m in await request.app[REGISTRY].list_machines()]
+
+    return _page(request, await _listing(request, ("machines",), build), "machines")
 
 
 # ---------------------------------------------------------------------------------------------- units
 
 
 async def list_units(request: web.Request) -> web.StreamResponse:
-    settings = request.app[SETTINGS]
-    views = await request.app[REGISTRY].list_units()
-    number = schema.decode_token(request.query.getall("nextPageToken", []), settings.token_limit)
-    start = (number - 1) * settings.token_limit
-    chunk = views[start : start + settings.token_limit]
-    items = [await _unit_json(request, v) for v in chunk]
-    body: dict[str, Any] = {}
-    if items:
-        body["units"] = items
-    if len(items) == settings.token_limit:
-        body["nextPageToken"] = schema.encode_token(settings.token_limit, number + 1)
-    return json_response(body)
+    async def build() -> list[Any]:
+        registry = request.app[REGISTRY]
+        views = await registry.list_units()
+        cache = request.app[SETTINGS].options_cache
+        await registry.get_bodies(v.record.hash for v in views if v.record.hash not in cache)  # a few reads
+        return [await _unit_json(request, v) for v in views]
+
+    return _page(request, await _listing(request, ("units",), build), "units")
 
 
 async def get_unit(request: web.Request) -> web.StreamResponse:
@@ -201,13 +231,17 @@ async def delete_unit(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-async def _read_json(request: web.Request) -> dict[str, Any]:
+async def _read_json(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
     content_types = request.headers.getall("Content-Type", [])
     if len(content_types) != 1:
         raise HttpError(415, f"expected 1 Content-Type, got {len(content_types)}")
     if content_types[0].split(";", 1)[0].strip().lower() != "application/json":
         raise HttpError(415, "only acceptable Content-Type is application/json")
     raw = await request.read()
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -252,6 +286,7 @@ def _unit_from_options(options: list[UnitOption]) -> UnitFile:
 
 
 def _record(name: str, unit: UnitFile, desired: DesiredState) -> UnitRecord:
+    """The record to store for ``unit`` (whose parsed options the caller is about to write)."""
     return UnitRecord(name=name, hash=unit.hash, desired=desired, is_global=unit.is_global, requirements=unit.xfleet)
 
 
@@ -277,6 +312,7 @@ async def put_unit(request: web.Request) -> web.StreamResponse:
         _check_template(url_name, state)
         if not await registry.create_unit(_record(url_name, unit, state), unit.text):
             raise Conflict(f"unit {url_name} was created by another request at the same time")
+        remember_options(request.app[SETTINGS], unit)
         return web.Response(status=201)
 
     if options:
@@ -285,6 +321,7 @@ async def put_unit(request: web.Request) -> web.StreamResponse:
             state = desired or DesiredState.INACTIVE
             _check_template(url_name, state)
             await registry.replace_unit(_record(url_name, unit, state), unit.text, existing.revision)
+            remember_options(request.app[SETTINGS], unit)
             return web.Response(status=201)
 
     if desired is None:
@@ -303,10 +340,12 @@ async def put_unit(request: web.Request) -> web.StreamResponse:
 async def list_states(request: web.Request) -> web.StreamResponse:
     machine = request.query.get("machineID")
     unit = request.query.get("unitName")
-    states = await request.app[REGISTRY].list_states(MachineID(machine) if machine else None)
-    if unit:
-        states = [s for s in states if s.unit == unit]
-    return _page(request, [schema.state_json(s) for s in states], "states")
+
+    async def build() -> list[Any]:
+        states = await request.app[REGISTRY].list_states(MachineID(machine) if machine else None)
+        return [schema.state_json(s) for s in states if not unit or s.unit == unit]
+
+    return _page(request, await _listing(request, ("states", machine or "", unit or ""), build), "states")
 
 
 async def get_state(request: web.Request) -> web.StreamResponse:
@@ -331,10 +370,10 @@ async def list_watch_errors(request: web.Request) -> web.StreamResponse:
 
 def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.Application:
     # Handlers in other modules of fleetpy.api use this module's keys and errors: imported here, not above.
-    from fleetpy.api import plan
+    from fleetpy.api import batch, plan
     from fleetpy.api.machines import patch_machines
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_REQUEST)
     app[REGISTRY] = registry
     app[SETTINGS] = settings or ApiSettings()
     for prefix in PREFIXES:
@@ -371,6 +410,7 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
     relay.add_routes(app, registry)
     metrics.add_routes(app, registry, app[SETTINGS].metrics)
     plan.add_routes(app)
+    app.router.add_route("POST", f"{batch.PREFIX}/units", batch.post_units)
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -163,7 +163,7 @@ def version() -> None:
 
 
 @main.command(context_settings=CONTEXT)
-@click.option("--machines", "-n", default=3, show_default=True, type=click.IntRange(1, 30), help="Sandbox hosts.")
+@click.option("--machines", "-n", default=3, show_default=True, type=click.IntRange(0, 30), help="Sandbox hosts.")
 @click.option(
     "--state-dir",
     default=DEFAULT_DEV_STATE_DIR,
@@ -194,6 +194,20 @@ def version() -> None:
     help="Extra fleetpy.conf line for every host (repeatable).",
 )
 @click.option("--etcd", default="", metavar="URL", help="Use this etcd instead of starting one.")
+@click.option(
+    "--hollow",
+    default=0,
+    type=click.IntRange(0, 5000),
+    metavar="N",
+    help="Also N hollow machines: the real agent on a SIMULATED systemd, for scale work only.",
+)
+@click.option(
+    "--hollow-start-delay",
+    default=0.0,
+    type=float,
+    metavar="SECONDS",
+    help="How long a simulated start job takes on hollow machines.",
+)
 @click.option("--watch-dir", default="", metavar="DIR", help="Unit files in DIR become units of the cluster.")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def dev(
@@ -205,6 +219,8 @@ def dev(
     metadata: tuple[str, ...],
     extra_config: tuple[str, ...],
     etcd: str,
+    hollow: int,
+    hollow_start_delay: float,
     watch_dir: str,
     verbose: bool,
 ) -> None:
@@ -218,6 +234,7 @@ def dev(
     Examples:
       fleetpyd dev
       fleetpyd dev --machines 5 --metadata region=eu --metadata region=us
+      fleetpyd dev --machines 0 --hollow 1000     # 1,000 simulated machines (scale work)
     """
     from fleetpy.daemon import setup_logging
     from fleetpy.devcluster import DevCluster, DevOptions, run_dev
@@ -234,6 +251,8 @@ def dev(
         metadata=metadata,
         extra_config=extra_config,
         etcd=etcd,
+        hollow=hollow,
+        hollow_start_delay=hollow_start_delay,
         watch_dir=watch_dir,
     )
 
@@ -241,6 +260,8 @@ def dev(
         click.echo(f"fleetpy dev cluster ready: {len(cluster.hosts)} machines, etcd {cluster.etcd_endpoint}")
         for host in cluster.hosts:
             click.echo(f"  {host.name}  {host.machine_id}  {host.public_ip}  bus {host.bus}")
+        if cluster.hollow_machines:
+            click.echo(f"  + {len(cluster.hollow_machines)} hollow machines (simulated systemd, for scale work)")
         click.echo(f"  API: unix://{cluster.api_socket}")
         click.echo(f"  described in {cluster.cluster_file}")
         if watch_dir:

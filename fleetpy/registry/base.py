@@ -50,6 +50,9 @@ class AgentRegistry(Protocol):
     async def get_body(self, unit_hash: str) -> str | None:
         """The canonical text with this hash, ``None`` if etcd has none."""
 
+    async def get_bodies(self, hashes: Iterable[str]) -> dict[str, str]:
+        """The bodies etcd has among these hashes, read in batches and cached."""
+
     async def list_states(self, machine: MachineID | None = None) -> list[UnitState]: ...
 
     async def publish_states(
@@ -129,6 +132,8 @@ class ApiRegistry(RelayRegistry, Protocol):
 
     async def get_body(self, unit_hash: str) -> str | None: ...
 
+    async def get_bodies(self, hashes: Iterable[str]) -> dict[str, str]: ...
+
     async def create_unit(self, record: UnitRecord, body: str) -> bool:
         """Create unit and body; ``False`` (nothing written) if the name exists."""
 
@@ -137,6 +142,12 @@ class ApiRegistry(RelayRegistry, Protocol):
 
     async def set_desired(self, record: UnitRecord, revision: int) -> None:
         """Write the record if still at ``revision``; ``Conflict`` otherwise."""
+
+    async def unit_records(self) -> dict[str, tuple[UnitRecord, int]]:
+        """Every unit record with its mod revision."""
+
+    async def write_units(self, items: Sequence[tuple[UnitRecord, str, int]]) -> int:
+        """Create or overwrite units in batched transactions, each unit compared on its revision."""
 
     async def destroy_unit(self, name: str) -> bool:
         """Delete the unit; ``False`` if there was none."""

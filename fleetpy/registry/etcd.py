@@ -487,7 +487,9 @@ class EtcdClient:
 
     # watches
 
-    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
+    async def watch(
+        self, prefix: str, start_revision: int, created: Callable[[], None] | None = None
+    ) -> AsyncIterator[Event]:
         """Events under ``prefix`` from ``start_revision`` on, until the stream breaks (``RegistryUnavailable``)
         or the revision is compacted (``Compacted``). A broken stream moves the pin: the caller's next watch
         goes to another member."""
@@ -505,6 +507,8 @@ class EtcdClient:
             self._move_pin(member, exc)
             raise _translate(exc, f"watch {prefix}") from exc
         self._count("watch", failed=False)
+        if created is not None:
+            created()
         try:
             async for event in watch:
                 yield Event(

@@ -6,7 +6,7 @@ client (the mirror, the registry, the loops) is written against these types and 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -114,6 +114,8 @@ class Client(Protocol):
 
     async def revoke(self, lease: int) -> None: ...
 
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[Event]:
+    def watch(
+        self, prefix: str, start_revision: int, created: Callable[[], None] | None = None
+    ) -> AsyncIterator[Event]:
         """Events under ``prefix`` from ``start_revision`` until the stream breaks (``RegistryUnavailable``) or
-        the revision is compacted (``Compacted``)."""
+        the revision is compacted (``Compacted``); ``created`` is called once etcd has accepted the watch."""

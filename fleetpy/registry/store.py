@@ -25,6 +25,7 @@ from fleetpy.relay import RelayRequest, decode_request, encode_request
 from fleetpy.watchplan import WatchError
 
 log = logging.getLogger(__name__)
+IN_FLIGHT = 8  # transactions a batch write keeps in flight
 
 
 P = ParamSpec("P")
@@ -136,6 +137,17 @@ class EtcdRegistry:
             self._bodies[unit_hash] = body
         return body
 
+    async def get_bodies(self, hashes: Iterable[str]) -> dict[str, str]:
+        """Bodies by hash, those not cached read in as few transactions as etcd allows."""
+        wanted = [h for h in dict.fromkeys(hashes) if h not in self._bodies]
+        for start in range(0, len(wanted), MAX_TXN_OPS):
+            chunk = wanted[start : start + MAX_TXN_OPS]
+            result = await self.client.read(*(Range(self.keys.body(h)) for h in chunk))
+            for unit_hash, found in zip(chunk, result.ranges, strict=True):
+                if found:
+                    self._bodies[unit_hash] = found[0].value.decode()
+        return {h: self._bodies[h] for h in hashes if h in self._bodies}
+
     @_measured("get")
     async def get_unit(self, name: str) -> UnitView | None:
         result = await self.client.read(
@@ -205,6 +217,46 @@ class EtcdRegistry:
             [Put(self.keys.body(record.hash), body.encode()), Put(key, codec.encode_unit(record))],
         )
         return result.succeeded
+
+    async def unit_records(self) -> dict[str, tuple[UnitRecord, int]]:
+        """Every unit record with its mod revision (for compare-and-swap), without placements or states."""
+        _, kvs = await self.client.get_prefix(self.keys.units)
+        result = {}
+        for kv in kvs:
+            name = Keys.tail(kv.key, self.keys.units)
+            try:
+                result[name] = (codec.decode_unit(name, kv.value), kv.mod_revision)
+            except ValueError as exc:
+                log.warning("ignoring %s: %s", kv.key, exc)
+        return result
+
+    async def write_units(self, items: Sequence[tuple[UnitRecord, str, int]]) -> int:
+        """Create or overwrite many units in as few transactions as etcd allows; return how many transactions.
+
+        Each item is (record, body, revision): the unit's mod revision when it was read, 0 if it must not exist
+        yet; an empty body means the body is already stored. ``Conflict`` if any unit changed meanwhile (the
+        transactions before it have been applied).
+        """
+        per_txn = MAX_TXN_OPS // 2  # a unit needs its record and, at most, one body
+        txns = []
+        for start in range(0, len(items), per_txn):
+            compares = []
+            ops: list[Op] = []
+            bodies: dict[str, str] = {}
+            for record, body, revision in items[start : start + per_txn]:
+                key = self.keys.unit(record.name)
+                compares.append(Compare(key, "mod", "==", revision) if revision else Compare(key, "create", "==", 0))
+                if body:
+                    bodies.setdefault(record.hash, body)
+                ops.append(Put(key, codec.encode_unit(record)))
+            ops[:0] = [Put(self.keys.body(h), text.encode()) for h, text in bodies.items()]
+            txns.append((compares, ops))
+        # A few transactions in flight at once: etcd commits them together (fewer round trips and fsyncs).
+        for start in range(0, len(txns), IN_FLIGHT):
+            results = await asyncio.gather(*(self.client.txn(c, o) for c, o in txns[start : start + IN_FLIGHT]))
+            if not all(r.succeeded for r in results):
+                raise Conflict("units changed while the batch was being written; the parts before were written")
+        return len(txns)
 
     @_measured("set")
     async def replace_unit(self, record: UnitRecord, body: str, revision: int) -> None:

@@ -8,7 +8,6 @@ content hash says which version.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from fleetpy.errors import InvalidUnit
 from fleetpy.unit import UNIT_TYPES, hash_text, validate_name
@@ -27,12 +26,15 @@ class UnitDirectory:
         return os.path.join(self.path, name)
 
     def write(self, name: str, text: str) -> str:
+        """Write atomically: a dotfile beside the target (ignored by ``units``), renamed into place. Only this
+        agent writes here (one agent per runtime directory), so a fixed temporary name cannot collide."""
         target = self.path_of(name)
-        fd, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=self.path)
+        temporary = os.path.join(self.path, f".{name}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
-            os.chmod(temporary, 0o644)
+                os.fchmod(handle.fileno(), 0o644)
             os.replace(temporary, target)
         except BaseException:
             try:
