@@ -53,6 +53,7 @@ _EXPIRED_TOKEN = ("invalid auth token",)
 _NOT_ENABLED = ("authentication is not enabled",)
 _REFUSED = ("authentication failed", "permission denied", "user name is empty", "user name not found")
 _NO_QUORUM = ("no leader", "quorum")
+_TLS_FAILED = ("handshake failed", "TSI_", "CERTIFICATE_VERIFY_FAILED", "SSL_ERROR")
 
 
 def _translate(exc: BaseException, what: str) -> Exception:
@@ -76,6 +77,9 @@ def _translate(exc: BaseException, what: str) -> Exception:
         or "not found" in message  # etcdserver: requested lease not found
     ):
         return ValueError(f"etcd rejected {what}: {message}")
+    if any(text in message for text in _TLS_FAILED):
+        hint = " (the TLS handshake failed: check etcd_cafile, etcd_certfile and etcd_keyfile against etcd's)"
+        return RegistryUnavailable(f"etcd unavailable ({what}: {message}){hint}")
     return RegistryUnavailable(f"etcd unavailable ({what}: {message})")
 
 
