@@ -386,8 +386,15 @@ async def reconfigure(
         log.error("SIGHUP: the configuration was not reloaded, the previous one stays in force: %s", exc)
         return current
     changed = sorted(f.name for f in dataclasses.fields(Settings) if getattr(fresh, f.name) != getattr(current, f.name))
-    later = [name for name in changed if name not in RELOADABLE]
-    applied = [name for name in changed if name in RELOADABLE]
+    # A listener speaks TLS, and asks for client certificates, or not, from its start: turning either on
+    # takes a restart. New files for what is on, or a client CA taken away, apply at once.
+    fixed = {
+        "api_tls_cert_file": bool(fresh.api_tls_cert_file) != bool(current.api_tls_cert_file),
+        "api_tls_key_file": bool(fresh.api_tls_key_file) != bool(current.api_tls_key_file),
+        "api_tls_client_ca_file": bool(fresh.api_tls_client_ca_file) and not current.api_tls_client_ca_file,
+    }
+    later = [name for name in changed if name not in RELOADABLE or fixed.get(name)]
+    applied = [name for name in changed if name not in later]
     if "verbosity" in applied:
         logging.getLogger().setLevel(logging.DEBUG if fresh.verbosity > 0 else logging.INFO)
     if presence is not None and ("metadata" in applied or "public_ip" in applied):

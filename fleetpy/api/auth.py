@@ -13,7 +13,10 @@ machine. fleetpyd's rules (docs/security.md):
   enforces it at start-up).
 
 The server's TLS context and the tokens are kept in one ``ApiAuth`` object, so that SIGHUP can load new
-certificates and tokens into them without closing a listener: a new handshake uses the new certificate.
+certificates and tokens without closing a listener. The listeners keep the first TLS context, whose server-name
+callback (called for every handshake, with or without SNI) hands the connection to the context now in force:
+a new handshake uses the new certificate and only the new client CA, so a CA taken out of the configuration
+lets no one in any more.
 """
 
 from __future__ import annotations
@@ -57,7 +60,10 @@ class ApiAuth:
 
     def __init__(self, *, tokens: frozenset[str] = frozenset(), tls: ssl.SSLContext | None = None) -> None:
         self.tokens = tokens
-        self.tls = tls
+        self.tls = tls  # the listeners' context: it hands each handshake to ``_current``
+        self._current = tls
+        if tls is not None:
+            tls.sni_callback = self._hand_over
 
     @classmethod
     def from_files(cls, *, cert_file: str, key_file: str, client_ca_file: str, tokens_file: str) -> ApiAuth:
@@ -71,11 +77,19 @@ class ApiAuth:
         listeners keep it, and new handshakes see the new certificate and CA."""
         tokens = read_tokens(tokens_file) if tokens_file else frozenset()
         fresh = server_context(cert_file, key_file, client_ca_file) if cert_file else None
-        if fresh is not None and self.tls is not None:
-            server_context(cert_file, key_file, client_ca_file, into=self.tls)
-        elif fresh is not None:
-            self.tls = fresh
+        if fresh is not None:
+            if self.tls is None:
+                self.tls = fresh
+                fresh.sni_callback = self._hand_over
+            self._current = fresh
         self.tokens = tokens
+
+    def _hand_over(
+        self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        """During a handshake: use the context now in force (the newest certificate, key and client CA)."""
+        if self._current is not None and self._current is not self.tls:
+            connection.context = self._current
 
     def check(self, request: web.Request) -> None:
         """Return if ``request`` may be served; ``Unauthorized`` otherwise."""
@@ -99,13 +113,12 @@ class ApiAuth:
         raise Unauthorized("authentication required: a client certificate or an Authorization: Bearer token")
 
 
-def server_context(
-    cert_file: str, key_file: str, client_ca_file: str, *, into: ssl.SSLContext | None = None
-) -> ssl.SSLContext:
+def server_context(cert_file: str, key_file: str, client_ca_file: str) -> ssl.SSLContext:
     """The TLS context of the TCP listeners: TLS 1.2 or newer, the server's certificate, and client
     certificates verified against ``client_ca_file`` when one is presented (a client may use a token
     instead; a certificate that does not verify fails the handshake)."""
-    context = into or ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # A bare server context, never the system's CAs: only ``client_ca_file`` may vouch for a client.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(cert_file, key_file)

@@ -4,13 +4,16 @@ test (tests/pki.py); every refused request is checked to have written nothing.""
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import json
 import os
+import signal
 import ssl
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -180,3 +183,85 @@ def test_an_unsafe_tcp_listener_stops_the_daemon_before_it_listens(args: tuple[s
     result = _fleetpyd("--api-socket", "", *args)
     assert result.returncode == 1
     assert result.stderr.startswith(message), result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- rotation
+
+
+async def _status(url: str, ca: str, client: Issued | None = None, token: str = "") -> int | str:
+    """The status of GET /fleet/v1/machines, or the name of the error when the TLS handshake fails."""
+    context = ssl.create_default_context(cafile=ca)
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, force_close=True)) as http,
+            http.get(url + "/fleet/v1/machines", headers=headers) as response,
+        ):
+            return response.status
+    except aiohttp.ClientError as exc:
+        return type(exc).__name__
+
+
+async def test_sighup_rotates_certificates_client_cas_and_tokens_without_closing_the_listener(
+    etcd: EtcdServer, workdir: str
+) -> None:
+    name = uuid.uuid4().hex[:8]
+    directory = os.path.join(workdir, f"rotate-{name}")
+    pki = Pki(directory)
+    server_ca = pki.authority("server")
+    old_ca, new_ca = pki.authority("clients-old"), pki.authority("clients-new")
+    old_server, new_server = pki.issue(server_ca, "api-old"), pki.issue(server_ca, "api-new")
+    old_client, new_client = pki.issue(old_ca, "old-client", ips=()), pki.issue(new_ca, "new-client", ips=())
+    # A CA the system trusts (SSL_CERT_FILE stands in for the system's bundle) vouches for no API client.
+    public_ca = pki.authority("public")
+    outsider = pki.issue(public_ca, "outsider", ips=())
+    old_token, new_token = "old-token-0123456789abcdef", "new-token-0123456789abcdef"
+    port = free_port()
+    sock = os.path.join(directory, "api.sock")
+    config = os.path.join(directory, "fleetpy.conf")
+
+    def write(server: Issued, client_ca: str, token: str) -> None:
+        tokens = os.path.join(directory, f"tokens-{token[:3]}")
+        with open(tokens, "w") as handle:
+            handle.write(token + "\n")
+        os.chmod(tokens, 0o600)
+        with open(config, "w") as handle:
+            handle.write(
+                f"etcd_servers = {etcd.endpoint}\netcd_key_prefix = /rotate-{name}\napi_socket = {sock}\n"
+                f"api_listen = 127.0.0.1:{port}\napi_tls_cert_file = {server.cert}\n"
+                f"api_tls_key_file = {server.key}\napi_tls_client_ca_file = {client_ca}\napi_tokens_file = {tokens}\n"
+                f"runtime_directory = {directory}\n"
+            )
+
+    write(old_server, old_ca.cert, old_token)
+    command = [sys.executable, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--disable-engine", "--config", config]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPY_")}
+    env["SSL_CERT_FILE"] = public_ca.cert
+    api = start_process(command, sock, os.path.join(directory, "fleetpyd.log"), env=env)
+    url = f"https://127.0.0.1:{port}"
+    try:
+        wait_serving(api)
+        assert await _status(url, server_ca.cert, old_client) == 200
+        assert await _status(url, server_ca.cert, token=old_token) == 200
+        assert await _status(url, server_ca.cert, new_client) != 200
+        assert await _status(url, server_ca.cert, outsider) != 200, "only api_tls_client_ca_file vouches for clients"
+
+        write(new_server, new_ca.cert, new_token)
+        api.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "SIGHUP: configuration reloaded" not in api.log_text():
+            assert time.monotonic() < deadline, api.log_text()
+            await asyncio.sleep(0.05)
+
+        assert await _status(url, server_ca.cert, new_client) == 200, "the new client CA is trusted"
+        assert await _status(url, server_ca.cert, old_client) != 200, "the old client CA no longer is"
+        assert await _status(url, server_ca.cert, token=new_token) == 200
+        assert await _status(url, server_ca.cert, token=old_token) == 401
+        served = ssl.get_server_certificate(("127.0.0.1", port), ca_certs=server_ca.cert)
+        with open(new_server.cert) as handle:
+            assert ssl.PEM_cert_to_DER_cert(served) == ssl.PEM_cert_to_DER_cert(handle.read()), "the new certificate"
+        assert api.process.poll() is None
+    finally:
+        stop_process(api)
