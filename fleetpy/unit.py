@@ -368,6 +368,9 @@ def validate_name(name: str) -> None:
             raise InvalidUnit(f"invalid character {_go_quote_rune(char)} in unit name")
     if name.startswith("@"):
         raise InvalidUnit('unit name cannot start in "@"')
+    if name.startswith("."):
+        # fleetpy's: fleet took ".service" and "..service", which systemd refuses and which would be hidden files
+        raise InvalidUnit('unit name cannot start in "."')
 
 
 def mangle_name(argument: str) -> str:
