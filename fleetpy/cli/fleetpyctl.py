@@ -297,7 +297,18 @@ def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str, 
         columns = _fields(fields, MACHINE_FIELDS)
         try:
             machines = await client.machines()
-        except (ApiError, EndpointUnavailable) as exc:
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                raise CliError(
+                    f"Error retrieving list of active machines from fleet API ({exc})\n"
+                    "The API refused fleetpyctl's credentials: give a token (--token-file or FLEETPYCTL_TOKEN) "
+                    "or a client certificate (--cert-file and --key-file)"
+                ) from None
+            raise CliError(
+                f"Error retrieving list of active machines from fleet API ({exc})\nPossible issues:\n"
+                "  etcd is unhealthy and/or lost quorum\n  connection cannot be established to any etcd servers"
+            ) from None
+        except EndpointUnavailable as exc:
             raise CliError(
                 f"Error retrieving list of active machines from fleet API ({exc})\nPossible issues:\n"
                 "  etcd is unhealthy and/or lost quorum\n  connection cannot be established to any etcd servers"

@@ -132,6 +132,8 @@ async def test_a_tcp_client_without_credentials_is_refused_with_credentials_acce
     refused = await ctl("--ca-file", secured.ca, "list-machines")
     assert refused.code == 1
     assert "googleapi: Error 401: authentication required" in refused.err
+    assert "The API refused fleetpyctl's credentials: give a token" in refused.err
+    assert "etcd is unhealthy" not in refused.err, "not fleetctl's hints about etcd"
     with_env_token = await ctl("--ca-file", secured.ca, "list-machines", env={"FLEETPYCTL_TOKEN": TOKEN})
     assert (with_env_token.code, with_env_token.out) == (0, "MACHINE\tIP\tMETADATA\n")
     with_token_file = await ctl("--ca-file", secured.ca, "--token-file", secured.tokens_file, "list-machines")
