@@ -285,6 +285,11 @@ class Agent:
         finally:
             self._note_achieved()
 
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is a unit fleetpy runs or schedules on this machine (the inspector answers only
+        for those)."""
+        return name in self.current or name in self._schedule.items
+
     # ------------------------------------------------------------------ what this machine refuses
 
     async def _admit(self, desired: dict[str, Desired]) -> dict[str, Desired]:

@@ -275,7 +275,9 @@ async def serve(
                 notify("READY=1")
                 group.create_task(presence.run())
                 group.create_task(agent.run())
-                inspector = Inspector(registry=registry, machine=presence.machine.id, user=settings.systemd_user)
+                inspector = Inspector(
+                    registry=registry, machine=presence.machine.id, user=settings.systemd_user, owns=agent.owns
+                )
                 group.create_task(inspector.run())
             else:
                 notify("READY=1")
