@@ -313,6 +313,14 @@ class EtcdClient:
                 "etcd_cafile, etcd_certfile or etcd_keyfile is set but etcd_servers use http://: "
                 "use https:// endpoints for TLS"
             )
+        if (
+            password
+            and secure == {False}
+            and not all(e.target.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]", "localhost") for e in parsed)
+        ):
+            log.warning(
+                "etcd_password is sent in clear over http:// to %s: use https:// endpoints", ", ".join(endpoints)
+            )
         credentials = (tls or EtcdTls()).credentials() if secure == {True} else None
         self._members = [
             _Member(

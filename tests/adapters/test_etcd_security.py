@@ -200,3 +200,10 @@ async def test_etcd_refusing_the_credentials_is_a_clear_error(
     with pytest.raises(RegistryAccessDenied, match="etcd refused the request"):
         await _round_trip(client, key)
     assert time.monotonic() - started < 10, "refused at once: retrying cannot help"
+
+
+async def test_a_password_over_plain_http_off_loopback_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    for endpoints in (["http://127.0.0.1:2379"], ["http://192.0.2.1:2379"]):
+        await EtcdClient(endpoints, username="fleetpy", password="secret").close()
+    warnings = [r.getMessage() for r in caplog.records if "sent in clear" in r.getMessage()]
+    assert warnings == ["etcd_password is sent in clear over http:// to http://192.0.2.1:2379: use https:// endpoints"]
