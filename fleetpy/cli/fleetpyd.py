@@ -193,7 +193,12 @@ def version() -> None:
     metavar="OPTION=VALUE",
     help="Extra fleetpy.conf line for every host (repeatable).",
 )
-@click.option("--etcd", default="", metavar="URL", help="Use this etcd instead of starting one.")
+@click.option(
+    "--etcd",
+    default="",
+    metavar="URLS",
+    help="Use this etcd (its members' URLs, comma-separated) instead of starting one.",
+)
 @click.option(
     "--hollow",
     default=0,
