@@ -10,12 +10,19 @@
   unit directory holds: a running unit counts as launched and is not restarted.
 * Unit states come from systemd's ``PropertiesChanged`` signals; changed states are published in batches on the
   machine lease, so they vanish with the machine and need no periodic refresh.
+* What this machine will not run (docs/security.md): a unit whose name its ``unit_allow``/``unit_deny`` globs
+  exclude, and a unit whose name the host already has from a file fleetpy did not write (systemd's
+  ``FragmentPath``), which fleetpy must never shadow or replace. The agent never loads such a unit, logs why
+  once, and publishes its refusals and globs in the machine record, where the engine's ``UnitPolicy`` check
+  reads them: the unit is placed elsewhere, or its reason says which machines refused it. A collision is
+  checked again every resync, so a refusal ends when the host's own unit goes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -31,7 +38,7 @@ from fleetpy.registry.base import AgentRegistry, PresenceRegistry
 from fleetpy.retry import until_success
 from fleetpy.systemd.base import Systemd
 from fleetpy.systemd.unitdir import UnitDirectory
-from fleetpy.unit import UnitFile, hash_text
+from fleetpy.unit import UnitFile, hash_text, policy_refusal
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +60,20 @@ class Presence:
         self.lease = 0
         self.registered = asyncio.Event()
         self._on_new_lease: list[Callable[[], None]] = []
+        self._record_stale = False
 
     def on_new_lease(self, callback: Callable[[], None]) -> None:
         self._on_new_lease.append(callback)
+
+    async def update(self, machine: Machine) -> None:
+        """Publish a changed machine record (metadata, refusals) on the current lease. If etcd cannot take it
+        now, the keep-alive loop writes it once etcd answers."""
+        self.machine = machine
+        self._record_stale = True
+        if self.registered.is_set():
+            with contextlib.suppress(RegistryUnavailable):
+                await self.registry.register_machine(machine, self.lease)
+                self._record_stale = False
 
     def _saved_lease(self) -> int:
         if not self.lease_file:
@@ -132,6 +150,9 @@ class Presence:
                     self.registered.set()
                     for callback in self._on_new_lease:
                         callback()
+                elif self._record_stale:
+                    await self.registry.register_machine(self.machine, self.lease)
+                self._record_stale = False
                 if failing_since is not None:
                     log.info(
                         "machine %s: etcd reachable again after %.1fs", self.machine.id, loop.time() - failing_since
@@ -163,8 +184,14 @@ class Agent:
         interval: float = 5.0,
         resync_interval: float = 60.0,
         metrics: Metrics | None = None,
+        unit_allow: tuple[str, ...] = (),
+        unit_deny: tuple[str, ...] = (),
     ) -> None:
         self.registry = registry
+        self.unit_allow = unit_allow
+        self.unit_deny = unit_deny
+        self.refused: dict[str, str] = {}  # unit → why: the host has a unit of that name fleetpy did not write
+        self._announced: dict[str, str] = {}  # refusals already logged
         self.systemd = systemd
         self.unitdir = unitdir
         self.presence = presence
@@ -247,11 +274,83 @@ class Agent:
         if not self._mirror.loaded.is_set():
             return None  # nothing known about the schedule yet: never act on no data
         desired = {name: Desired(e.hash, e.desired) for name, e in self._schedule.items.items()}
+        try:
+            desired = await self._admit(desired)
+        except SystemdUnavailable:
+            await self.connect_systemd()
+            return 0.5
         self._note_targets(desired)
         try:
             return await self._act(desired)
         finally:
             self._note_achieved()
+
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` is a unit fleetpy runs or schedules on this machine (the inspector answers only
+        for those)."""
+        return name in self.current or name in self._schedule.items
+
+    # ------------------------------------------------------------------ what this machine refuses
+
+    async def _admit(self, desired: dict[str, Desired]) -> dict[str, Desired]:
+        """``desired`` without the units this machine refuses; refusals are logged once and published."""
+        refusals: dict[str, str] = {}
+        before = dict(self.refused)
+        for name in sorted(desired):
+            reason = policy_refusal(name, self.unit_allow, self.unit_deny) or self.refused.get(name, "")
+            if reason:
+                refusals[name] = reason
+        # Units about to be loaded for the first time: one listing says which names systemd already knows
+        # (most are unknown); only those are looked at more closely.
+        new = sorted(n for n in desired if n not in self.current and n not in refusals)
+        known = (
+            [n for n, status in (await self.systemd.statuses(new)).items() if status.load != "not-found"] if new else []
+        )
+        for name in known:
+            reason = await self._collision(name)
+            if reason:
+                self.refused[name] = refusals[name] = reason
+        for name, reason in sorted(refusals.items()):
+            if self._announced.get(name) != reason:
+                log.warning("agent: refusing unit %s: %s", name, reason)
+        self._announced = refusals
+        if self.refused != before:
+            await self.publish_policy()
+        return {name: want for name, want in desired.items() if name not in refusals}
+
+    async def _collision(self, name: str) -> str:
+        """Why ``name`` must not be loaded here because the host has it from elsewhere; ``""`` if it may."""
+        try:
+            origin = await self.systemd.origin(name)
+        except SystemdError:
+            return ""  # systemd cannot look it up: loading it will fail and say why
+        if origin.load == "not-found":
+            return ""
+        if origin.fragment and self.unitdir.wrote(name, origin.fragment):
+            return ""
+        source = origin.fragment or f"{origin.load}, without a unit file"
+        return f"the host already has {name} ({source}), which fleetpy did not write"
+
+    async def set_policy(self, unit_allow: tuple[str, ...], unit_deny: tuple[str, ...]) -> None:
+        """New ``unit_allow``/``unit_deny`` (SIGHUP): published, and the next pass unloads what they exclude."""
+        self.unit_allow, self.unit_deny = unit_allow, unit_deny
+        await self.publish_policy()
+        self.reconciler.wake()
+
+    async def publish_policy(self) -> None:
+        machine = dataclasses.replace(
+            self.presence.machine, unit_allow=self.unit_allow, unit_deny=self.unit_deny, refused=dict(self.refused)
+        )
+        if machine != self.presence.machine:
+            await self.presence.update(machine)
+
+    async def _recheck_collisions(self) -> None:
+        """Drop refusals whose colliding unit the host no longer has."""
+        for name in sorted(self.refused):
+            if not await self._collision(name):
+                log.info("agent: the host no longer has its own %s: this machine may run it again", name)
+                del self.refused[name]
+        await self.publish_policy()
 
     def _note_targets(self, desired: dict[str, Desired]) -> None:
         """Remember when each new target (hash and desired state) was first seen, for the convergence metric."""
@@ -360,6 +459,9 @@ class Agent:
             await asyncio.sleep(self.resync_interval)
             self._dirty |= set(self.current) | set(self._published)
             self._report.set()
+            if self.refused:
+                with contextlib.suppress(SystemdUnavailable):
+                    await self._recheck_collisions()
 
     async def _report_loop(self) -> None:
         while True:
@@ -405,5 +507,12 @@ class BodyMissing(FleetError):
     """A schedule entry names a body that etcd does not hold (yet)."""
 
 
-def local_machine(machine_id: str, public_ip: str, metadata: dict[str, str]) -> Machine:
-    return Machine(MachineID(machine_id), public_ip, metadata, __version__, {})
+def local_machine(
+    machine_id: str,
+    public_ip: str,
+    metadata: dict[str, str],
+    *,
+    unit_allow: tuple[str, ...] = (),
+    unit_deny: tuple[str, ...] = (),
+) -> Machine:
+    return Machine(MachineID(machine_id), public_ip, metadata, __version__, {}, unit_allow, unit_deny)

@@ -3,6 +3,12 @@
 Endpoints are ``unix:///path/to.sock``, ``http://host:port`` or ``https://host:port``, as in fleetctl. JSON is
 decoded into the records below at this edge; an API error comes out as ``ApiError`` with fleet's message, and
 an endpoint that cannot be reached as ``EndpointUnavailable``. Lists follow ``nextPageToken`` to the end.
+
+Of a comma-separated list of endpoints (fleetctl used only the first), a request goes to the first that
+answers: it moves on to the next when a connection cannot be made (nothing was sent, so any request may be
+repeated), or when the API answers that its fleetpyd cannot reach etcd before doing anything (fleet's 503
+without a ``Server`` header). An endpoint that answered is used first for the following requests.
+A bearer token, when given, goes with every request (``Authorization: Bearer``) for TCP listeners.
 """
 
 from __future__ import annotations
@@ -11,9 +17,9 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -23,6 +29,7 @@ from fleetpy.model import DesiredState
 from fleetpy.unit import UnitOption
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 API = "/fleet/v1"
 FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints: status and journal (api/relay.py), plan (api/plan.py)
 
@@ -51,6 +58,7 @@ class ApiMachine:
     id: str
     primary_ip: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # unit → why the machine will not run it
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +174,12 @@ def decode_state(obj: dict[str, Any]) -> ApiUnitState:
 
 def decode_machine(obj: dict[str, Any]) -> ApiMachine:
     metadata = obj.get("metadata") or {}
+    refused = obj.get("refusedUnits") or {}
     return ApiMachine(
         id=_s(obj, "id"),
         primary_ip=_s(obj, "primaryIP"),
         metadata={str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {},
+        refused={str(k): str(v) for k, v in refused.items()} if isinstance(refused, dict) else {},
     )
 
 
@@ -209,8 +219,18 @@ def decode_plan(obj: dict[str, Any]) -> ApiPlan:
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
-    """(base URL, unix socket path or ``""``), with fleetctl's messages for endpoints it cannot use."""
-    first = endpoint.split(",")[0].strip()
+    """(base URL, unix socket path or ``""``) of the first endpoint, with fleetctl's messages for endpoints it
+    cannot use."""
+    return _parse_one(endpoint.split(",")[0].strip())
+
+
+def parse_endpoints(endpoints: str) -> list[tuple[str, str]]:
+    """Every endpoint of a comma-separated list, as ``parse_endpoint`` reads one."""
+    items = [e.strip() for e in endpoints.split(",") if e.strip()]
+    return [_parse_one(e) for e in items] or [_parse_one("")]
+
+
+def _parse_one(first: str) -> tuple[str, str]:
     parts = urlsplit(first)
     if not parts.scheme:
         raise EndpointUnavailable("Unable to initialize client: URL scheme undefined")
@@ -241,13 +261,46 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+NOT_READY = "fleet server unable to communicate with etcd"
+
+
+class _TryNext(Exception):
+    """This endpoint cannot serve the request and did nothing: try the next one."""
+
+    def __init__(self, failure: BaseException) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A connection that could not be made (no TLS failure: that is a configuration problem to report)."""
+    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError)
+
+
 class Client:
-    def __init__(self, endpoint: str, *, timeout: float = 10.0, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str = "",
+    ) -> None:
         self.endpoint = endpoint
-        self.base, self.socket_path = parse_endpoint(endpoint)
+        self.endpoints = parse_endpoints(endpoint)
         self.timeout = timeout
         self.ssl_context = ssl_context
-        self._session: aiohttp.ClientSession | None = None
+        self.token = token
+        self._current = 0
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
+
+    @property
+    def base(self) -> str:
+        return self.endpoints[self._current][0]
+
+    @property
+    def socket_path(self) -> str:
+        return self.endpoints[self._current][1]
 
     async def __aenter__(self) -> Client:
         return self
@@ -256,21 +309,60 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def _http(self, index: int | None = None) -> aiohttp.ClientSession:
+        index = self._current if index is None else index
+        session = self._sessions.get(index)
+        if session is None:
+            socket_path = self.endpoints[index][1]
             connector: aiohttp.BaseConnector = (
-                aiohttp.UnixConnector(path=self.socket_path, limit=32)
-                if self.socket_path
+                aiohttp.UnixConnector(path=socket_path, limit=32)
+                if socket_path
                 else aiohttp.TCPConnector(limit=32, ssl=self.ssl_context if self.ssl_context is not None else True)
             )
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), headers=headers
             )
-        return self._session
+            self._sessions[index] = session
+        return session
+
+    def _where(self, index: int) -> str:
+        base, socket_path = self.endpoints[index]
+        return f"unix://{socket_path}" if socket_path else base
+
+    @property
+    def where(self) -> str:
+        return self._where(self._current)
+
+    async def _failover(self, attempt: Callable[[int], Awaitable[R]]) -> R:
+        """``attempt(endpoint index)`` on the current endpoint, then on the others while they raise
+        ``_TryNext``; ``EndpointUnavailable`` naming each one's failure when none could serve."""
+        failures = []
+        count = len(self.endpoints)
+        for step in range(count):
+            index = (self._current + step) % count
+            try:
+                result = await attempt(index)
+            except _TryNext as exc:
+                failures.append((index, exc.failure))
+                if count > 1:
+                    log.debug("endpoint %s: %s; trying the next", self._where(index), exc)
+                continue
+            self._current = index
+            return result
+        if len(failures) == 1:
+            index, failure = failures[0]
+            if isinstance(failure, ApiError):
+                raise failure
+            raise EndpointUnavailable(
+                f"cannot reach the fleetpy API at {self._where(index)}: {_reason(failure)}"
+            ) from failure
+        details = "; ".join(f"{self._where(i)}: {f if isinstance(f, ApiError) else _reason(f)}" for i, f in failures)
+        raise EndpointUnavailable(f"cannot reach the fleetpy API at any endpoint ({details})")
 
     async def _request(
         self,
@@ -281,29 +373,35 @@ class Client:
         body: dict[str, Any] | list[Any] | None = None,
         root: str = API,
     ) -> tuple[int, Any]:
-        url = f"{self.base}{root}{path}"
-        log.debug("%s %s %s", method, url, params or "")
-        try:
-            async with self._http().request(method, url, params=params, json=body) as response:
-                raw = await response.read()
-                payload: Any = None
-                if raw:
-                    try:
-                        payload = await response.json(content_type=None)
-                    except ValueError:
-                        payload = None
-                if response.status >= 400:
-                    message = ""
-                    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-                        message = str(payload["error"].get("message", ""))
-                    raise ApiError(response.status, message, raw.decode(errors="replace").strip())
-                return response.status, payload
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise EndpointUnavailable(f"cannot reach the fleetpy API at {self.where}: {_reason(exc)}") from exc
+        async def attempt(index: int) -> tuple[int, Any]:
+            url = f"{self.endpoints[index][0]}{root}{path}"
+            log.debug("%s %s %s", method, url, params or "")
+            try:
+                async with self._http(index).request(method, url, params=params, json=body) as response:
+                    raw = await response.read()
+                    payload: Any = None
+                    if raw:
+                        try:
+                            payload = await response.json(content_type=None)
+                        except ValueError:
+                            payload = None
+                    if response.status >= 400:
+                        message = ""
+                        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+                            message = str(payload["error"].get("message", ""))
+                        error = ApiError(response.status, message, raw.decode(errors="replace").strip())
+                        if response.status == 503 and message == NOT_READY:
+                            raise _TryNext(error)
+                        raise error
+                    return response.status, payload
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if _unreachable(exc):
+                    raise _TryNext(exc) from exc
+                raise EndpointUnavailable(
+                    f"cannot reach the fleetpy API at {self._where(index)}: {_reason(exc)}"
+                ) from exc
 
-    @property
-    def where(self) -> str:
-        return f"unix://{self.socket_path}" if self.socket_path else self.base
+        return await self._failover(attempt)
 
     async def _pages(self, path: str, key: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
@@ -412,20 +510,37 @@ class Client:
             params["follow"] = "true"
         if machine:
             params["machineID"] = machine
-        url = f"{self.base}{FLEETPY_API}/units/{quote(name, safe='')}/{kind}"
         timeout = aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_connect=self.timeout)
-        try:
-            method = "POST" if kind == "restart" else "GET"
-            async with self._http().request(method, url, params=params, timeout=timeout) as response:
-                if response.status >= 400:
+        method = "POST" if kind == "restart" else "GET"
+
+        async def connect(index: int) -> aiohttp.ClientResponse:
+            url = f"{self.endpoints[index][0]}{FLEETPY_API}/units/{quote(name, safe='')}/{kind}"
+            try:
+                response = await self._http(index).request(method, url, params=params, timeout=timeout)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                if _unreachable(exc):
+                    raise _TryNext(exc) from exc
+                raise EndpointUnavailable(
+                    f"cannot reach the fleetpy API at {self._where(index)}: {_reason(exc)}"
+                ) from exc
+            if response.status >= 400:
+                async with response:
                     raw = await response.read()
-                    message = ""
-                    try:
-                        payload = json.loads(raw)
-                        message = str(payload["error"]["message"])
-                    except (ValueError, KeyError, TypeError):
-                        pass
-                    raise ApiError(response.status, message, raw.decode(errors="replace").strip())
+                message = ""
+                try:
+                    payload = json.loads(raw)
+                    message = str(payload["error"]["message"])
+                except (ValueError, KeyError, TypeError):
+                    pass
+                error = ApiError(response.status, message, raw.decode(errors="replace").strip())
+                if response.status == 503 and message == NOT_READY:
+                    raise _TryNext(error)
+                raise error
+            return response
+
+        response = await self._failover(connect)
+        try:
+            async with response:
                 async for line in response.content:
                     if not line.strip():
                         continue  # the server's heartbeat

@@ -9,6 +9,7 @@ silently replaced by the default.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -48,7 +49,15 @@ class Settings:
     systemd_user: bool = False
     api_socket: str = DEFAULT_API_SOCKET  # "" disables the unix socket
     api_socket_mode: int = 0o660
+    api_socket_group: str = ""  # group (name or number) of the unix socket; "" keeps the daemon's
     api_listen: tuple[str, ...] = ()  # host:port TCP listeners
+    api_tls_cert_file: str = ""  # TLS for the TCP listeners: the server's certificate and key
+    api_tls_key_file: str = ""
+    api_tls_client_ca_file: str = ""  # clients may authenticate with a certificate this CA signed
+    api_tokens_file: str = ""  # bearer tokens, one per line, that authenticate clients of the TCP listeners
+    api_allow_insecure_tcp: bool = False  # allow plain HTTP listeners on addresses that are not loopback
+    unit_allow: tuple[str, ...] = ()  # unit-name patterns this machine may run ("" or empty: any)
+    unit_deny: tuple[str, ...] = ()  # unit-name patterns this machine never runs (wins over unit_allow)
     token_limit: int = 100
     disable_engine: bool = False
     disable_agent: bool = False
@@ -87,6 +96,41 @@ def parse_metadata(value: str) -> dict[str, str]:
         if sep and key.strip():
             result[key.strip()] = val.strip()
     return result
+
+
+MIN_TOKEN_LENGTH = 16
+
+
+def parse_tokens(text: str, source: str = "tokens file") -> frozenset[str]:
+    """The bearer tokens of a tokens file: one per line; blank lines and ``#`` comments are skipped. A token
+    shorter than 16 characters is refused (it could be guessed), as is one with spaces inside."""
+    tokens = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        token = line.strip()
+        if not token or token.startswith("#"):
+            continue
+        if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
+            raise ConfigError(
+                f"{source}, line {number}: a token must be at least {MIN_TOKEN_LENGTH} characters without spaces"
+            )
+        tokens.add(token)
+    return frozenset(tokens)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen address is a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``). Any other
+    name counts as not loopback: what it resolves to may change."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def listen_host(listen: str) -> str:
+    return listen.rpartition(":")[0].strip("[]")
 
 
 def parse_duration(value: str) -> float:
@@ -226,3 +270,32 @@ def validate(settings: Settings) -> None:
     for listen in settings.api_listen:
         if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}", listen):
             raise ConfigError(f"invalid api_listen address {listen!r}: expected host:port")
+    validate_api_security(settings)
+
+
+def validate_api_security(settings: Settings) -> None:
+    """The API's TCP listeners: TLS unless on loopback (or explicitly allowed), and always a way for clients to
+    authenticate. The unix socket is protected by its file mode and group."""
+    if bool(settings.api_tls_cert_file) != bool(settings.api_tls_key_file):
+        raise ConfigError("api_tls_cert_file and api_tls_key_file must be given together")
+    if settings.api_tls_client_ca_file and not settings.api_tls_cert_file:
+        raise ConfigError("api_tls_client_ca_file needs TLS: set api_tls_cert_file and api_tls_key_file too")
+    for listen in settings.api_listen:
+        problem = tcp_listener_problem(settings, listen_host(listen), tls=bool(settings.api_tls_cert_file))
+        if problem:
+            raise ConfigError(f"api_listen {listen} {problem}")
+
+
+def tcp_listener_problem(settings: Settings, host: str, *, tls: bool) -> str:
+    """Why a TCP listener on ``host`` may not serve the API with these settings (``""``: it may)."""
+    if not tls and not settings.api_allow_insecure_tcp and not is_loopback(host):
+        return (
+            "would serve the API over plain TCP on an address that is not loopback: set api_tls_cert_file and "
+            "api_tls_key_file, or api_allow_insecure_tcp = true if something else protects that network"
+        )
+    if not (settings.api_tokens_file or settings.api_tls_client_ca_file):
+        return (
+            "needs a way to authenticate clients: api_tokens_file (bearer tokens) or api_tls_client_ca_file "
+            "(client certificates)"
+        )
+    return ""

@@ -34,7 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy.api.app import ApiSettings, make_app
-from fleetpy.config import DEFAULT_DEV_STATE_DIR
+from fleetpy.config import DEFAULT_DEV_STATE_DIR, parse_list
 from fleetpy.devhost import HOLD
 from fleetpy.errors import ConfigError, FleetError
 from fleetpy.keys import Keys
@@ -103,18 +103,25 @@ def _tail(path: str, lines: int = 20) -> str:
 
 
 class EtcdServer:
-    """One etcd member on loopback with its own ports and data directory."""
+    """One etcd member on loopback with its own ports and data directory: a cluster of its own, or a member of
+    an ``EtcdCluster`` (which sets ``initial_cluster`` and ``cluster_token`` before the first start)."""
 
     def __init__(self, directory: str, *, name: str = "fleetpy") -> None:
         self.directory = os.path.abspath(directory)
         self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
+        self.initial_cluster = ""  # "name=peer URL,..." of every member; "" for a cluster of one
+        self.cluster_token = ""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
 
     @property
     def log_path(self) -> str:
@@ -124,7 +131,19 @@ class EtcdServer:
     def pid(self) -> int:
         return self.process.pid if self.process else 0
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_healthy(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting: the members of a new cluster only become healthy together. On a
+        data directory that exists already, etcd ignores the initial-cluster flags and rejoins as before."""
+        if self.running:
+            return
         os.makedirs(self.directory, exist_ok=True)
         command = [
             etcd_binary(),
@@ -132,15 +151,21 @@ class EtcdServer:
             "--data-dir", os.path.join(self.directory, "data"),
             "--listen-client-urls", self.endpoint,
             "--advertise-client-urls", self.endpoint,
-            "--listen-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_port}",
-            "--initial-cluster", f"{self.name}=http://127.0.0.1:{self.peer_port}",
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
             "--auto-compaction-retention", "1h",
         ]  # fmt: skip
+        if self.cluster_token:
+            command += ["--initial-cluster-token", self.cluster_token]
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 command, stdout=out, stderr=out, start_new_session=True, preexec_fn=_die_with_parent
             )
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        """Until the member answers ``/health`` with true (etcd says so only when it has a leader)."""
+        assert self.process is not None, "launch the member first"
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -154,6 +179,12 @@ class EtcdServer:
             if time.monotonic() > deadline:
                 raise ConfigError(f"etcd did not become healthy within {timeout}s:\n{_tail(self.log_path)}")
             time.sleep(0.05)
+
+    def status(self) -> dict[str, Any]:
+        """etcd's maintenance status of this member (``header.member_id``, ``leader``; 0 without a leader)."""
+        request = urllib.request.Request(f"{self.endpoint}/v3/maintenance/status", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return dict(json.load(response))
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
@@ -171,6 +202,75 @@ class EtcdServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+class EtcdCluster:
+    """Several etcd members on loopback that form one cluster, each with its own ports and data directory, for
+    tests of etcd failover and quorum loss. A member can be stopped and started again on its data."""
+
+    def __init__(self, directory: str, *, size: int = 3) -> None:
+        self.directory = os.path.abspath(directory)
+        self.members = [EtcdServer(os.path.join(self.directory, f"m{i}"), name=f"m{i}") for i in range(size)]
+        initial = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        token = f"fleetpy-{uuid.uuid4().hex[:12]}"
+        for member in self.members:
+            member.initial_cluster = initial
+            member.cluster_token = token
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return tuple(m.endpoint for m in self.members)
+
+    @property
+    def endpoint(self) -> str:
+        """Every member's client URL, comma-separated: what ``fleetpyd dev --etcd`` and ``etcd_servers`` take."""
+        return ",".join(self.endpoints)
+
+    def start(self, members: Sequence[EtcdServer] = (), timeout: float = 30.0) -> None:
+        """Start ``members`` (default: all that are not running) together, then wait until each is healthy."""
+        chosen = list(members) or [m for m in self.members if not m.running]
+        for member in chosen:
+            member.launch()
+        deadline = time.monotonic() + timeout
+        for member in chosen:
+            member.wait_healthy(max(0.1, deadline - time.monotonic()))
+
+    def leader(self) -> EtcdServer:
+        """The member that leads (``FleetError`` when no running member knows a leader)."""
+        for member in self.members:
+            if not member.running:
+                continue
+            try:
+                status = member.status()
+            except OSError:
+                continue
+            lead = int(status.get("leader", 0))
+            if lead and int(status.get("header", {}).get("member_id", 0)) == lead:
+                return member
+        raise FleetError("no etcd member leads")
+
+    def make_leader(self, member: EtcdServer, timeout: float = 10.0) -> None:
+        """Hand the leadership to ``member`` (etcd's MoveLeader, asked of the current leader), so that a test
+        can choose which member's loss also costs an election."""
+        deadline = time.monotonic() + timeout
+        target = member.status()["header"]["member_id"]
+        while (leader := self.leader()) is not member:
+            body = json.dumps({"targetID": target}).encode()
+            request = urllib.request.Request(
+                f"{leader.endpoint}/v3/maintenance/transfer-leadership", data=body, method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=timeout):
+                pass
+            if time.monotonic() > deadline:
+                raise FleetError(f"etcd member {member.name} did not become the leader within {timeout}s")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+    def kill(self) -> None:
+        for member in self.members:
+            member.kill()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -447,7 +547,7 @@ class DevOptions:
     agent_ttl: int = 10
     metadata: Sequence[str] = ()  # per machine, "k=v,k2=v2", cycled
     extra_config: Sequence[str] = ()  # extra "option=value" lines for every host's fleetpy.conf
-    etcd: str = ""  # use this etcd instead of starting one
+    etcd: str = ""  # use this etcd (comma-separated client URLs of its members) instead of starting one
     hollow: int = 0  # simulated machines (fleetpy.hollow), in one child process
     hollow_start_delay: float = 0.0
     watch_dir: str = ""  # a watched directory for the cluster, watched by the supervisor
@@ -505,7 +605,7 @@ class DevCluster:
     def write_description(self) -> None:
         description = {
             "pid": os.getpid(),
-            "etcd": [self.etcd_endpoint],
+            "etcd": list(parse_list(self.etcd_endpoint)),
             "etcd_pid": self.etcd.pid if self.etcd else 0,
             "prefix": self.options.prefix,
             "api": f"unix://{self.api_socket}",
@@ -533,7 +633,7 @@ class DevCluster:
             self.etcd = EtcdServer(os.path.join(self.state_dir, "etcd"))
             self.etcd.start()
             self.etcd_endpoint = self.etcd.endpoint
-        self._client = EtcdClient([self.etcd_endpoint])
+        self._client = EtcdClient(parse_list(self.etcd_endpoint))
         registry = EtcdRegistry(self._client, Keys(self.options.prefix))
         await self._serve_api(registry)
         for index in range(1, self.options.machines + 1):

@@ -14,6 +14,8 @@ place, the CLI maps them to exit codes in one place::
     ├── MachineNotFound           no machine of that ID in the cluster
     ├── Conflict                  a compare-and-swap lost, or a request contradicts the stored state
     ├── SystemdError              systemd refused a request (the D-Bus error name and message)
+    ├── RegistryAccessDenied      etcd refused fleetpy's credentials or their permissions
+    ├── Unauthorized              an API request without valid credentials (TCP listeners)
     └── ConfigError               a configuration file, variable or flag cannot be used
 """
 
@@ -63,6 +65,14 @@ class SystemdError(FleetError):
         super().__init__(f"{name}: {message}" if message else name)
         self.name = name
         self.message = message
+
+
+class RegistryAccessDenied(FleetError):
+    """etcd refused the username and password, or the user lacks permission: retrying will not help."""
+
+
+class Unauthorized(FleetError):
+    """An API request on a TCP listener came with no valid client certificate or bearer token."""
 
 
 class ConfigError(FleetError):

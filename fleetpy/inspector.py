@@ -5,6 +5,9 @@ each new request it runs the command ``relay.command`` gives (``systemctl status
 argument list, no shell) on this machine, where the unit's systemd and journal are, and writes the output back in
 chunks on the request's lease. A request that disappears (its API process finished, its client went away, or
 its lease expired) stops its command, so ``journal --follow`` never outlives the one who follows.
+
+It answers only for units fleetpy runs or schedules on this machine (``owns``): a request written into etcd
+for one of the host's own units, such as ``sshd.service``, is answered with an error and runs nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 
 from fleetpy.errors import FleetError
 from fleetpy.model import MachineID
@@ -26,8 +30,11 @@ MAX_RUNNING = 32  # requests served at once; more wait for a slot
 
 
 class Inspector:
-    def __init__(self, *, registry: InspectorRegistry, machine: MachineID, user: bool) -> None:
+    def __init__(
+        self, *, registry: InspectorRegistry, machine: MachineID, user: bool, owns: Callable[[str], bool]
+    ) -> None:
         self.registry = registry
+        self.owns = owns
         self.machine = machine
         self.user = user
         self._requests = registry.requests_prefix(machine)
@@ -65,6 +72,11 @@ class Inspector:
                 log.info("inspector: request %s (%s %s) ends: %s", request_id, request.kind, request.unit, exc)
 
     async def _run_command(self, request_id: str, request: RelayRequest) -> None:
+        if not self.owns(request.unit):
+            log.warning("inspector: request %s for %s refused: not a fleetpy unit here", request_id, request.unit)
+            error = f"{request.unit} is not a unit fleetpy runs on machine {self.machine}"
+            await self.registry.put_reply(request_id, END, encode_end(1, error), request.lease)
+            return
         args = command(request, user=self.user)
         log.info("inspector: running %s for request %s", args, request_id)
         env = dict(os.environ, SYSTEMD_PAGER="", SYSTEMD_COLORS="0", LC_ALL=os.environ.get("LC_ALL", "C.UTF-8"))

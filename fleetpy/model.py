@@ -7,6 +7,7 @@ enums so that they print and serialise as fleet's words.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ class Machine:
     metadata: Mapping[str, str] = field(default_factory=dict)
     version: str = ""
     capabilities: Mapping[str, bool] = field(default_factory=dict)
+    # What this machine will not run (docs/security.md): its configured unit-name globs, and the units its agent
+    # refused because the host already has a unit of that name that fleetpy did not write (unit → why).
+    unit_allow: tuple[str, ...] = ()
+    unit_deny: tuple[str, ...] = ()
+    refused: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +107,7 @@ def merge_metadata(machine: Machine, overrides: Mapping[str, str]) -> Machine:
             metadata.pop(key, None)
         else:
             metadata[key] = value
-    return Machine(machine.id, machine.public_ip, metadata, machine.version, machine.capabilities)
+    return dataclasses.replace(machine, metadata=metadata)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from fleetpy.model import Machine, MachineID, short_id
-from fleetpy.unit import MetadataRule, Requirements, go_quote, path_match
+from fleetpy.unit import MetadataRule, Requirements, go_quote, path_match, policy_refusal
 
 
 class Rule(enum.StrEnum):
@@ -30,6 +30,7 @@ class Rule(enum.StrEnum):
     PEERS = "MachineOf"
     CONFLICTS = "Conflicts"
     REPLACES = "Replaces"
+    POLICY = "UnitPolicy"  # fleetpy's: the machine's unit_allow/unit_deny, or its agent refused the unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,10 @@ def check(name: str, reqs: Requirements, view: MachineView) -> Rejection | None:
     that replaces it sits. The messages are fleet's (FLEET-SPEC §3.5).
     """
     machine = view.machine
+    if machine.refused or machine.unit_allow or machine.unit_deny:
+        refusal = machine.refused.get(name) or policy_refusal(name, machine.unit_allow, machine.unit_deny)
+        if refusal:
+            return Rejection(Rule.POLICY, f"the machine refuses it: {refusal}")
     if reqs.machine_id is not None and not machine_id_matches(reqs.machine_id, machine.id):
         return Rejection(
             Rule.MACHINE_ID, f"agent ID {go_quote(machine.id)} does not match required {go_quote(reqs.machine_id)}"

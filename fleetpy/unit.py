@@ -201,11 +201,17 @@ def parse_options(text: str) -> tuple[UnitOption, ...]:
     return tuple(_Lexer(text).lex())
 
 
-def serialize(options: Iterable[UnitOption]) -> str:
-    """fleet's canonical text: sections in first-seen order, options grouped under them, no comments."""
+def _by_section(options: Iterable[UnitOption]) -> dict[str, list[UnitOption]]:
+    """Options grouped under their sections, sections in first-seen order (how fleet serialises them)."""
     sections: dict[str, list[UnitOption]] = {}
     for option in options:
         sections.setdefault(option.section, []).append(option)
+    return sections
+
+
+def serialize(options: Iterable[UnitOption]) -> str:
+    """fleet's canonical text: sections in first-seen order, options grouped under them, no comments."""
+    sections = _by_section(options)
     return "\n".join(
         f"[{section}]\n" + "".join(f"{opt.name}={opt.value}\n" for opt in opts) for section, opts in sections.items()
     )
@@ -231,7 +237,8 @@ class UnitFile:
         """Build a unit from API option triples, checking them the way fleet does (a round trip)."""
         unit = cls(tuple(options))
         reparsed = parse_options(unit.text)
-        if [(o.section, o.name) for o in reparsed] != [(o.section, o.name) for o in unit.options]:
+        grouped = [option for opts in _by_section(unit.options).values() for option in opts]
+        if [(o.section, o.name) for o in reparsed] != [(o.section, o.name) for o in grouped]:
             # fleet accepts such options but stores something else; say so rather than change the unit.
             raise InvalidUnit(
                 "options do not survive serialisation (an option name contains '=' or a section name "
@@ -361,6 +368,9 @@ def validate_name(name: str) -> None:
             raise InvalidUnit(f"invalid character {_go_quote_rune(char)} in unit name")
     if name.startswith("@"):
         raise InvalidUnit('unit name cannot start in "@"')
+    if name.startswith("."):
+        # fleetpy's: fleet took ".service" and "..service", which systemd refuses and which would be hidden files
+        raise InvalidUnit('unit name cannot start in "."')
 
 
 def mangle_name(argument: str) -> str:
@@ -477,6 +487,18 @@ def path_match(pattern: str, name: str) -> bool:
     """
     regex = _glob_regex(pattern)
     return regex is not None and regex.fullmatch(name) is not None
+
+
+def policy_refusal(name: str, allow: Sequence[str], deny: Sequence[str]) -> str:
+    """Why a machine whose configuration has these ``unit_allow``/``unit_deny`` globs (``Conflicts``'s syntax)
+    does not run the unit ``name``; ``""`` when it may. A deny pattern wins over an allow pattern; an empty
+    allow list allows every name."""
+    for pattern in deny:
+        if path_match(pattern, name):
+            return f"unit name matches unit_deny pattern {pattern!r}"
+    if allow and not any(path_match(pattern, name) for pattern in allow):
+        return f"unit name matches no unit_allow pattern ({', '.join(allow)})"
+    return ""
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -111,3 +111,37 @@ def cluster(workdir: str) -> Iterator[Cluster]:
         if dev is not None:
             dev.stop()
         etcd_server.kill()
+
+
+# ---------------------------------------------------------------------------------------------- figures
+# Tests of faults and bad input record what they measured (time to converge, duplicates seen, units lost,
+# examples run); the figures are printed at the end of every run, also with -q and when output is captured.
+
+FIGURES = pytest.StashKey[list[tuple[str, str, str]]]()
+Figure = Callable[[str, object], None]
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Figure:
+    """``figure(name, value)``: record a figure of this test for the run's summary."""
+    rows = request.config.stash.setdefault(FIGURES, [])
+
+    def record(name: str, value: object) -> None:
+        text = f"{value:.2f}" if isinstance(value, float) else str(value)
+        rows.append((request.node.nodeid, name, text))
+        print(f"{name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    rows = config.stash.get(FIGURES, [])
+    if not rows:
+        return
+    terminalreporter.section("fleetpy figures")
+    test = ""
+    for nodeid, name, value in rows:
+        if nodeid != test:
+            terminalreporter.write_line(nodeid)
+            test = nodeid
+        terminalreporter.write_line(f"    {name}: {value}")

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fleetpy import devcluster
-from fleetpy.devcluster import EtcdServer, SandboxHost, make_host
+from fleetpy.config import parse_list
+from fleetpy.devcluster import EtcdCluster, EtcdServer, SandboxHost, make_host
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.systemd.dbus import DbusSystemd
@@ -120,7 +121,7 @@ class Cluster:
     def __init__(
         self,
         state_dir: str,
-        etcd: EtcdServer,
+        etcd: EtcdServer | EtcdCluster,
         machines: int = 3,
         agent_ttl: int = 10,
         extra: tuple[str, ...] = (),
@@ -128,7 +129,8 @@ class Cluster:
         metadata: tuple[str, ...] = (),
         config: tuple[str, ...] = (),
     ) -> None:
-        """``metadata``: per machine, cycled; ``config``: extra fleetpy.conf lines of every host."""
+        """``etcd``: one member or a cluster (every host gets all its endpoints); ``metadata``: per machine,
+        cycled; ``config``: extra fleetpy.conf lines of every host."""
         self.state_dir = state_dir
         self.etcd = etcd
         self.api_socket = os.path.join(state_dir, "api.sock")
@@ -190,7 +192,7 @@ class Cluster:
         return out
 
     def registry_client(self) -> EtcdClient:
-        return EtcdClient([self.etcd.endpoint])
+        return EtcdClient(parse_list(self.etcd.endpoint))
 
     def kill_host(self, machine: Machine) -> None:
         os.kill(machine.host_pid, signal.SIGKILL)
@@ -273,3 +275,15 @@ def etcd_server(directory: str) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.kill()
+
+
+@contextlib.contextmanager
+def etcd_cluster(directory: str, size: int = 3) -> Iterator[EtcdCluster]:
+    """``size`` etcd members on loopback forming one cluster; every member is killed afterwards, also those a
+    test stopped and started again."""
+    cluster = EtcdCluster(directory, size=size)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.kill()

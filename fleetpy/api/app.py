@@ -19,8 +19,9 @@ from aiohttp import web
 
 from fleetpy import __version__
 from fleetpy.api import discovery, metrics, relay, schema
+from fleetpy.api.auth import ApiAuth
 from fleetpy.api.schema import BadRequest
-from fleetpy.errors import Conflict, FleetError, InvalidUnit, RegistryUnavailable, UnitNotFound
+from fleetpy.errors import Conflict, FleetError, InvalidUnit, RegistryUnavailable, Unauthorized, UnitNotFound
 from fleetpy.metrics import Metrics, new_metrics
 from fleetpy.model import DesiredState, MachineID, UnitRecord, UnitView
 from fleetpy.registry.base import ApiRegistry
@@ -46,12 +47,21 @@ class HttpError(Exception):
 
 
 class ApiSettings:
+    """``auth``: the credentials TCP clients must present (``api.auth``); ``None`` serves whoever connects,
+    which only in-process tests and the dev cluster's private socket use. fleetpyd always passes one."""
+
     def __init__(
-        self, *, token_limit: int = 100, ready: Callable[[], bool] = lambda: True, metrics: Metrics | None = None
+        self,
+        *,
+        token_limit: int = 100,
+        ready: Callable[[], bool] = lambda: True,
+        metrics: Metrics | None = None,
+        auth: ApiAuth | None = None,
     ) -> None:
         self.token_limit = token_limit
         self.ready = ready
         self.metrics = metrics or new_metrics(process=False)
+        self.auth = auth
         self.options_cache: OrderedDict[str, tuple[UnitOption, ...]] = OrderedDict()
         self.listings: dict[tuple[str, ...], tuple[float, list[Any]]] = {}
 
@@ -93,8 +103,17 @@ def _message(exc: BaseException) -> str:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     settings = request.app[SETTINGS]
+    try:
+        if settings.auth is not None:
+            settings.auth.check(request)
+    except Unauthorized as exc:
+        log.info("%s %s from %s refused: %s", request.method, request.path, request.remote or "-", exc)
+        refused = error_response(401, _message(exc))
+        refused.headers["WWW-Authenticate"] = 'Bearer realm="fleetpy"'
+        return refused
     if not settings.ready():
         return error_response(503, "fleet server unable to communicate with etcd")
+    response: web.StreamResponse
     try:
         response = await handler(request)
     except BadRequest as exc:

@@ -67,6 +67,13 @@ def machine_json(machine: Machine) -> dict[str, Any]:
         body["metadata"] = dict(sorted(machine.metadata.items()))
     if machine.public_ip:
         body["primaryIP"] = machine.public_ip
+    # fleetpy's own, after fleet's fields and only when set: what the machine will not run (docs/security.md)
+    if machine.unit_allow:
+        body["unitAllow"] = list(machine.unit_allow)
+    if machine.unit_deny:
+        body["unitDeny"] = list(machine.unit_deny)
+    if machine.refused:
+        body["refusedUnits"] = dict(sorted(machine.refused.items()))
     return body
 
 

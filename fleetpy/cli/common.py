@@ -56,6 +56,7 @@ class Ctl:
     timeout: float
     tls: ssl.SSLContext | None = None
     ssh: SshOptions = field(default_factory=SshOptions)
+    token: str = ""
     client: Client | None = None
     _machines: list[ApiMachine] | None = field(default=None)
 
@@ -87,12 +88,26 @@ def tls_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext |
     return context
 
 
+def read_token(path: str) -> str:
+    """The bearer token in ``path`` (its first line), ``""`` without a path."""
+    if not path:
+        return ""
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as handle:
+            token = handle.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"Unable to initialize client: cannot read the token file {path}: {exc}") from None
+    if not token:
+        raise CliError(f"Unable to initialize client: the token file {path} is empty")
+    return token
+
+
 def run(ctx: click.Context, body: Callable[[Ctl, Client], Awaitable[int | None]]) -> None:
     """Run ``body`` with a client of the API; the one place where errors become messages and exit codes."""
     ctl: Ctl = ctx.obj
 
     async def main() -> int | None:
-        async with Client(ctl.endpoint, timeout=ctl.timeout, ssl_context=ctl.tls) as client:
+        async with Client(ctl.endpoint, timeout=ctl.timeout, ssl_context=ctl.tls, token=ctl.token) as client:
             ctl.client = client
             return await body(ctl, client)
 

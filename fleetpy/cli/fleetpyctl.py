@@ -28,6 +28,7 @@ from fleetpy.cli.common import (
     output_option,
     print_json,
     print_table,
+    read_token,
     resolve_argument,
     run,
     tls_context,
@@ -115,7 +116,7 @@ def _global(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
     default=DEFAULT_ENDPOINT,
     show_default=True,
     help="fleetpy API endpoint: unix:///path.sock, http://host:port or https://host:port; of a comma-separated "
-    "list only the first is used.",
+    "list, each request goes to the first that answers.",
 )
 @_global(
     "--request-timeout",
@@ -127,6 +128,14 @@ def _global(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
 @_global("--ca-file", default="", help="CA certificate that signs the https endpoint's certificate.")
 @_global("--cert-file", default="", help="Client certificate for an https endpoint.")
 @_global("--key-file", default="", help="Key of the client certificate.")
+@_global(
+    "--token",
+    default="",
+    show_envvar=False,
+    help="Bearer token for a TCP endpoint (prefer FLEETPYCTL_TOKEN or --token-file: command lines are visible "
+    "to every user of the machine).",
+)
+@_global("--token-file", default="", help="File whose first line is the bearer token for a TCP endpoint.")
 @_global("--driver", default="API", show_default=True, help="Only API: fleetpyctl never talks to etcd directly.")
 @_global("--ssh-username", default="core", show_default=True, help="User for ssh.")
 @_global("--tunnel", default="", help="host[:port] to reach machines through (ssh's -J).")
@@ -159,6 +168,8 @@ def main(
     ca_file: str,
     cert_file: str,
     key_file: str,
+    token: str,
+    token_file: str,
     driver: str,
     ssh_username: str,
     tunnel: str,
@@ -210,10 +221,11 @@ def main(
     )
     try:
         tls = tls_context(ca_file or etcd_cafile, cert_file or etcd_certfile, key_file or etcd_keyfile)
+        token = token or read_token(token_file)
     except CliError as exc:
         click.echo(exc.message, err=True)
         ctx.exit(exc.code)
-    ctx.obj = Ctl(endpoint=endpoint, timeout=request_timeout, tls=tls, ssh=ssh)
+    ctx.obj = Ctl(endpoint=endpoint, timeout=request_timeout, tls=tls, ssh=ssh, token=token)
 
 
 @main.command(context_settings=CONTEXT)
@@ -285,7 +297,18 @@ def list_machines(ctx: click.Context, full: bool, no_legend: bool, fields: str, 
         columns = _fields(fields, MACHINE_FIELDS)
         try:
             machines = await client.machines()
-        except (ApiError, EndpointUnavailable) as exc:
+        except ApiError as exc:
+            if exc.status in (401, 403):
+                raise CliError(
+                    f"Error retrieving list of active machines from fleet API ({exc})\n"
+                    "The API refused fleetpyctl's credentials: give a token (--token-file or FLEETPYCTL_TOKEN) "
+                    "or a client certificate (--cert-file and --key-file)"
+                ) from None
+            raise CliError(
+                f"Error retrieving list of active machines from fleet API ({exc})\nPossible issues:\n"
+                "  etcd is unhealthy and/or lost quorum\n  connection cannot be established to any etcd servers"
+            ) from None
+        except EndpointUnavailable as exc:
             raise CliError(
                 f"Error retrieving list of active machines from fleet API ({exc})\nPossible issues:\n"
                 "  etcd is unhealthy and/or lost quorum\n  connection cannot be established to any etcd servers"

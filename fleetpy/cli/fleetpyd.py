@@ -145,9 +145,14 @@ def main(ctx: click.Context, /, config: str | None, cloud_config: str | None, ve
     from fleetpy.daemon import serve, setup_logging
 
     setup_logging(settings.verbosity)
+
+    def reload() -> Any:
+        """SIGHUP: the same sources read again (the cloud-config's options as first read)."""
+        return load_settings(config, overrides, layers)
+
     try:
-        sys.exit(asyncio.run(serve(settings, units=cloud.units)))
-    except ConfigError as exc:
+        sys.exit(asyncio.run(serve(settings, units=cloud.units, reload=reload)))
+    except FleetError as exc:
         _fail(str(exc))
 
 
@@ -188,7 +193,12 @@ def version() -> None:
     metavar="OPTION=VALUE",
     help="Extra fleetpy.conf line for every host (repeatable).",
 )
-@click.option("--etcd", default="", metavar="URL", help="Use this etcd instead of starting one.")
+@click.option(
+    "--etcd",
+    default="",
+    metavar="URLS",
+    help="Use this etcd (its members' URLs, comma-separated) instead of starting one.",
+)
 @click.option(
     "--hollow",
     default=0,

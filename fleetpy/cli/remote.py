@@ -9,6 +9,7 @@ reached, and for a global unit on every machine. ``ssh`` still opens a shell on 
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -156,7 +157,11 @@ def ssh_command(
     address: str, options: SshOptions, *, port: int, forward_agent: bool, tty: bool, command: Sequence[str]
 ) -> list[str]:
     """The ``ssh`` argument list for a machine (never a shell string). Options follow fleetctl's flags; the
-    remote command's words are passed on and ssh joins them with spaces, as fleetctl did."""
+    remote command's words are passed on and ssh joins them with spaces, as fleetctl did. The address comes
+    from the machine's record in etcd: it must be an IP address or a host name, and ``--`` ends ssh's options
+    before it, so that no record can smuggle in an option such as ``-oProxyCommand=...``."""
+    if not _ADDRESS.fullmatch(address):
+        raise CliError(f"Unable to proceed: the machine's address {address!r} is not an IP address or host name")
     args = [
         "ssh",
         "-l",
@@ -176,9 +181,13 @@ def ssh_command(
         args += ["-J", options.tunnel]
     if tty and not command:
         args.append("-t")
-    args.append(address)
+    args += ["--", address]
     args += list(command)
     return args
+
+
+# An IPv4 or IPv6 address or a DNS name: letters, digits, dots, hyphens and colons, never a leading hyphen.
+_ADDRESS = re.compile(r"[0-9A-Za-z][0-9A-Za-z.:-]{0,252}")
 
 
 def _by_prefix(machines: Sequence[ApiMachine], prefix: str) -> list[ApiMachine]:

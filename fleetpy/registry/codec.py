@@ -59,15 +59,28 @@ def _state(obj: Mapping[str, Any], key: str) -> DesiredState:
 
 
 def encode_machine(machine: Machine) -> bytes:
-    return _dumps(
-        {
-            "id": machine.id,
-            "publicIP": machine.public_ip,
-            "metadata": dict(machine.metadata),
-            "version": machine.version,
-            "capabilities": dict(machine.capabilities),
-        }
-    )
+    body: dict[str, Any] = {
+        "id": machine.id,
+        "publicIP": machine.public_ip,
+        "metadata": dict(machine.metadata),
+        "version": machine.version,
+        "capabilities": dict(machine.capabilities),
+    }
+    # fleetpy 0.x machines without these fields decode as allowing everything: written only when set
+    if machine.unit_allow:
+        body["unitAllow"] = list(machine.unit_allow)
+    if machine.unit_deny:
+        body["unitDeny"] = list(machine.unit_deny)
+    if machine.refused:
+        body["refused"] = dict(machine.refused)
+    return _dumps(body)
+
+
+def _str_list(obj: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = obj.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"field {key!r} must be a list of strings")
+    return tuple(value)
 
 
 def decode_machine(raw: bytes) -> Machine:
@@ -83,6 +96,9 @@ def decode_machine(raw: bytes) -> Machine:
         metadata=_str_map(obj, "metadata"),
         version=_str(obj, "version", ""),
         capabilities=dict(caps),
+        unit_allow=_str_list(obj, "unitAllow"),
+        unit_deny=_str_list(obj, "unitDeny"),
+        refused=_str_map(obj, "refused"),
     )
 
 

@@ -26,6 +26,15 @@ class UnitStatus:
         return self.active in ("active", "activating", "reloading")
 
 
+@dataclass(frozen=True, slots=True)
+class UnitOrigin:
+    """Where systemd has a unit from: its load state and the file it was loaded from (``""`` for units that
+    have none, such as scopes and slices)."""
+
+    load: str
+    fragment: str
+
+
 class Systemd(Protocol):
     async def connect(self) -> None:
         """Connect and subscribe to unit signals; callable again after the connection broke."""
@@ -58,3 +67,6 @@ class Systemd(Protocol):
 
     async def statuses(self, names: Sequence[str]) -> Mapping[str, UnitStatus]:
         """Load, active and sub state of each named unit (``not-found`` for unknown names)."""
+
+    async def origin(self, name: str) -> UnitOrigin:
+        """The load state and fragment path of ``name`` (``not-found`` and ``""`` when systemd has none)."""

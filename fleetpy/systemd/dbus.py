@@ -19,7 +19,7 @@ from dbus_next.constants import BusType, MessageType
 from dbus_next.message import Message
 
 from fleetpy.errors import SystemdError, SystemdUnavailable
-from fleetpy.systemd.base import UnitStatus
+from fleetpy.systemd.base import UnitOrigin, UnitStatus
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,16 @@ class DbusSystemd:
             return {}
         (units,) = await self._manager("ListUnitsByNames", "as", list(names))
         return {u[0]: UnitStatus(load=u[2], active=u[3], sub=u[4]) for u in units}
+
+    async def origin(self, name: str) -> UnitOrigin:
+        (path,) = await self._manager("LoadUnit", "s", name)
+        values = []
+        for prop in ("LoadState", "FragmentPath"):
+            (variant,) = await self._call_raw(
+                SYSTEMD, path, "org.freedesktop.DBus.Properties", "Get", "ss", ["org.freedesktop.systemd1.Unit", prop]
+            )
+            values.append(str(variant.value))
+        return UnitOrigin(load=values[0], fragment=values[1])
 
     # Used by tests and tools to look at a host without going through fleetpy.
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from fleetpy.errors import SystemdError
-from fleetpy.systemd.base import UnitStatus
+from fleetpy.systemd.base import UnitOrigin, UnitStatus
 
 NOT_FOUND = UnitStatus("not-found", "inactive", "dead")
 
@@ -24,6 +24,7 @@ class HollowSystemd:
     def __init__(self, *, start_delay: float = 0.0) -> None:
         self.start_delay = start_delay
         self._linked: set[str] = set()  # unit names linked into the (simulated) runtime unit path
+        self._paths: dict[str, str] = {}  # unit name → the file it was linked from (its FragmentPath)
         self._loaded: set[str] = set()  # names the manager has read (after a reload)
         self._active: dict[str, tuple[str, str]] = {}
         self._callbacks: list[Callable[[str], None]] = []
@@ -48,6 +49,7 @@ class HollowSystemd:
     async def link(self, paths: Sequence[str]) -> None:
         self.calls += 1
         self._linked.update(os.path.basename(p) for p in paths)
+        self._paths.update((os.path.basename(p), p) for p in paths)
 
     async def enable(self, paths: Sequence[str]) -> None:
         self.calls += 1
@@ -90,6 +92,12 @@ class HollowSystemd:
 
     async def reset_failed(self, name: str) -> None:
         self.calls += 1
+
+    async def origin(self, name: str) -> UnitOrigin:
+        self.calls += 1
+        if name not in self._loaded and name not in self._active:
+            return UnitOrigin("not-found", "")
+        return UnitOrigin("loaded", self._paths.get(name, ""))
 
     async def statuses(self, names: Sequence[str]) -> Mapping[str, UnitStatus]:
         self.calls += 1

@@ -44,6 +44,12 @@ class UnitDirectory:
             raise
         return target
 
+    def wrote(self, name: str, fragment: str) -> bool:
+        """Whether systemd's file for ``name`` (its ``FragmentPath``) is this directory's file or a link to it
+        (``LinkUnitFiles`` puts a link in the manager's runtime unit directory)."""
+        ours = self.path_of(name)
+        return fragment == ours or os.path.realpath(fragment) == ours
+
     def remove(self, name: str) -> None:
         try:
             os.unlink(self.path_of(name))

@@ -28,15 +28,16 @@ def record(name: str, desired: DesiredState = DesiredState.INACTIVE, body: str =
 
 
 @pytest.mark.parametrize(
-    ("endpoints", "target"),
+    ("endpoints", "targets"),
     [
-        pytest.param(["http://127.0.0.1:2379"], "127.0.0.1:2379", id="one endpoint becomes host:port"),
-        pytest.param(["127.0.0.1:1", "127.0.0.1:2"], "ipv4:127.0.0.1:1,127.0.0.1:2", id="several fail over"),
-        pytest.param(["http://etcd"], "etcd:2379", id="the port defaults to 2379"),
+        pytest.param(["http://127.0.0.1:2379"], [("127.0.0.1:2379", False)], id="one endpoint becomes host:port"),
+        pytest.param(["127.0.0.1:1", "https://a:2"], [("127.0.0.1:1", False), ("a:2", True)], id="one each"),
+        pytest.param(["http://etcd"], [("etcd:2379", False)], id="the port defaults to 2379"),
+        pytest.param(["https://[::1]:5/"], [("[::1]:5", True)], id="IPv6 in brackets, https means TLS"),
     ],
 )
-def test_endpoints_become_a_grpc_target(endpoints: list[str], target: str) -> None:
-    assert parse_endpoints(endpoints) == target
+def test_endpoints_become_grpc_targets(endpoints: list[str], targets: list[tuple[str, bool]]) -> None:
+    assert [(e.target, e.secure) for e in parse_endpoints(endpoints)] == targets
 
 
 def test_a_malformed_endpoint_is_refused() -> None:
@@ -209,7 +210,7 @@ async def test_a_watch_from_a_compacted_revision_says_so(registry: EtcdRegistry)
     key = registry.keys.unit("c.service")
     first = await registry.client.put(key, b"1")
     latest = await registry.client.put(key, b"2")
-    compact = registry.client._client.compact  # the test needs etcd to compact; fleetpy never does
+    compact = registry.client._member().compact  # the test needs etcd to compact; fleetpy never does
     await compact(latest)
     with pytest.raises(Compacted):
         async for _event in registry.client.watch(key, first):

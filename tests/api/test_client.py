@@ -167,3 +167,23 @@ def test_endpoints_that_cannot_be_used(endpoint: str, message: str) -> None:
     with pytest.raises(EndpointUnavailable) as failed:
         parse_endpoint(endpoint)
     assert str(failed.value) == message
+
+
+async def test_of_several_endpoints_each_request_goes_to_the_first_that_answers(
+    make_api: MakeApi, workdir: str
+) -> None:
+    api = await make_api()
+    not_ready = await make_api(ready=lambda: False)  # its fleetpyd cannot reach etcd: fleet's 503
+    dead = f"unix://{workdir}/dead-{api.prefix.strip('/')}.sock"
+    live = f"http://127.0.0.1:{api.http.port}"
+    async with Client(f"{dead},http://127.0.0.1:{not_ready.http.port},{live}") as client:
+        await client.create_unit("hello.service", UnitFile.from_text(HELLO).options)
+        assert [u.name for u in await client.units()] == ["hello.service"]
+        assert client.where == live, "the endpoint that answered is used first from then on"
+    async with Client(f"{dead},{dead}x") as nowhere:
+        with pytest.raises(EndpointUnavailable) as failed:
+            await nowhere.units()
+    assert str(failed.value) == (
+        f"cannot reach the fleetpy API at any endpoint ({dead}: No such file or directory; "
+        f"{dead}x: No such file or directory)"
+    )

@@ -11,6 +11,7 @@ from tests.cli.conftest import Ctl, start_process, stop_process, wait_serving
 from tests.support import write_unit
 
 HELLO = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sleep 100\n"
+TOKEN = "a-token-for-the-tcp-test-0123"
 
 
 async def test_an_api_only_fleetpyd_serves_until_it_is_stopped(
@@ -43,17 +44,26 @@ async def test_the_api_also_listens_on_tcp_when_asked(etcd: EtcdServer, prefix: 
     name = prefix.strip("/")
     sock = os.path.join(workdir, f"tcp-{name}.sock")
     port = free_port()
+    tokens = write_unit(files, "tokens", f"{TOKEN}\n")
     command = [
         sys.executable, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--disable-engine", "--api-socket", sock,
         "--api-listen", f"127.0.0.1:{port}", "--etcd-servers", etcd.endpoint, "--etcd-key-prefix", prefix,
     ]  # fmt: skip
-    api = start_process(command, sock, os.path.join(workdir, f"tcp-{name}.log"))
+    env = {**os.environ, "FLEETPY_API_TOKENS_FILE": tokens}  # plain TCP is fine on loopback, but never anonymous
+    api = start_process(command, sock, os.path.join(workdir, f"tcp-{name}.log"), env=env)
     try:
         wait_serving(api)
         ctl = Ctl(f"http://127.0.0.1:{port}")
-        submitted = await ctl.process("submit", write_unit(files, "hello.service", HELLO))
+        submitted = await ctl.process(
+            "submit", write_unit(files, "hello.service", HELLO), env={"FLEETPYCTL_TOKEN": TOKEN}
+        )
         assert submitted.code == 0, submitted.err
-        listed = await ctl.process("list-unit-files", "--no-legend", "--fields", "unit,dstate")
+        listed = await ctl.process(
+            "list-unit-files", "--no-legend", "--fields", "unit,dstate", env={"FLEETPYCTL_TOKEN": TOKEN}
+        )
         assert listed.out == "hello.service\tinactive\n"
+        anonymous = await ctl.process("list-unit-files")
+        assert anonymous.code == 1
+        assert "Error 401" in anonymous.err
     finally:
         stop_process(api)

@@ -390,7 +390,7 @@ async def test_ssh_runs_the_system_client_with_an_argument_list(cluster: Cluster
     assert result.returncode == 7  # the remote command's exit code
     assert result.stdout.splitlines() == [
         "-l", "core", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=yes", "-o", known,
-        machine.public_ip, "echo", "-n", "a b",
+        "--", machine.public_ip, "echo", "-n", "a b",
     ]  # fmt: skip
     result = ssh(
         "--ssh-username", "admin", "--tunnel", "bastion:2200", "--strict-host-key-checking=false", "ssh",
@@ -398,7 +398,7 @@ async def test_ssh_runs_the_system_client_with_an_argument_list(cluster: Cluster
     )  # fmt: skip
     assert result.stdout.splitlines() == [
         "-l", "admin", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=no", "-o", known,
-        "-p", "2222", "-A", "-J", "bastion:2200", machine.public_ip, "uptime",
+        "-p", "2222", "-A", "-J", "bastion:2200", "--", machine.public_ip, "uptime",
     ]  # fmt: skip
     via_env = ssh("ssh", "--machine", machine.id, extra_env={"FLEETPYCTL_SSH_USERNAME": "envuser"})
     assert via_env.stdout.splitlines()[:2] == ["-l", "envuser"]

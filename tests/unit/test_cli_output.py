@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetpy.cli.common import CliError, SshOptions
 from fleetpy.cli.output import check_fields, format_metadata, machine_id_legend, machine_legend, tabwrite
+from fleetpy.cli.remote import ssh_command
 
 
 def table(text: str) -> list[list[str]]:
@@ -158,3 +160,36 @@ def test_check_fields(requested: str, fields: list[str]) -> None:
 def test_check_fields_refuses(requested: str, message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message}$"):
         check_fields(requested, VALID)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ssh: the machine's address comes from etcd and must never become an ssh option
+
+
+SSH = SshOptions(username="core", timeout=10, strict_host_key_checking=True, known_hosts_file="", tunnel="")
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "fe80::1", "node-1.example.com"])
+def test_ssh_command_ends_options_before_the_address(address: str) -> None:
+    argv = ssh_command(address, SSH, port=22, forward_agent=False, tty=False, command=["uptime"])
+    assert argv[-3:] == ["--", address, "uptime"]
+
+
+@pytest.mark.parametrize(
+    "address", ["-oProxyCommand=touch /tmp/x", "-p2222", "10.0.0.1 -v", "host;reboot", "", "a" * 300, "h\nx"]
+)
+def test_ssh_command_refuses_an_address_that_is_not_one(address: str) -> None:
+    with pytest.raises(CliError, match="is not an IP address or host name"):
+        ssh_command(address, SSH, port=22, forward_agent=False, tty=False, command=[])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_no_address_becomes_an_ssh_option(address: str) -> None:
+    try:
+        argv = ssh_command(address, SSH, port=22, forward_agent=False, tty=False, command=[])
+    except CliError:
+        return
+    assert argv[-2:] == ["--", address]
+    assert not address.startswith("-")
+    assert not any(c.isspace() for c in address)

@@ -99,6 +99,9 @@ machines = st.builds(
     metadata=st.dictionaries(strings, strings, max_size=3),
     version=strings,
     capabilities=st.dictionaries(strings, st.booleans(), max_size=2),
+    unit_allow=st.lists(strings, max_size=2).map(tuple),
+    unit_deny=st.lists(strings, max_size=2).map(tuple),
+    refused=st.dictionaries(strings, strings, max_size=2),
 )
 records = st.builds(
     UnitRecord,

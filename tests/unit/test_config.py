@@ -14,6 +14,7 @@ from fleetpy.config import (
     parse_duration,
     parse_list,
     parse_metadata,
+    parse_tokens,
 )
 from fleetpy.errors import ConfigError
 
@@ -199,7 +200,7 @@ def test_an_empty_environment_variable_still_overrides() -> None:
         pytest.param("disable_engine", "", False, id="an empty bool is false"),
         pytest.param("token_limit", "19", 19, id="an integer"),
         pytest.param("api_socket_mode", "0600", 0o600, id="an octal mode"),
-        pytest.param("api_listen", "127.0.0.1:8080,[::1]:8080", ("127.0.0.1:8080", "[::1]:8080"), id="listeners"),
+        pytest.param("unit_deny", "web-*, db@*.service", ("web-*", "db@*.service"), id="unit-name patterns"),
         pytest.param("etcd_servers", "http://[::1]:2379", ("http://[::1]:2379",), id="an IPv6 etcd endpoint"),
         pytest.param("etcd_key_prefix", "/custom/", "/custom/", id="a string"),
     ],
@@ -323,3 +324,90 @@ def test_parsing_raises_nothing_but_config_error(text: str) -> None:
     except ConfigError:
         return
     assert all(key == key.lower() for key in values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param(
+            {"api_listen": "127.0.0.1:8080,[::1]:8080", "api_tokens_file": "/t"},
+            None,
+            id="plain TCP on loopback with tokens",
+        ),
+        pytest.param(
+            {
+                "api_listen": "localhost:8080",
+                "api_tls_cert_file": "/c",
+                "api_tls_key_file": "/k",
+                "api_tls_client_ca_file": "/ca",
+            },
+            None,
+            id="TLS with client certificates",
+        ),
+        pytest.param(
+            {"api_listen": "10.0.0.1:8080", "api_tokens_file": "/t", "api_allow_insecure_tcp": "true"},
+            None,
+            id="plain TCP elsewhere when explicitly allowed",
+        ),
+        pytest.param(
+            {"api_listen": "10.0.0.1:8080", "api_tokens_file": "/t"},
+            "api_listen 10.0.0.1:8080 would serve the API over plain TCP on an address that is not loopback: set "
+            "api_tls_cert_file and api_tls_key_file, or api_allow_insecure_tcp = true if something else protects "
+            "that network",
+            id="plain TCP on a network address",
+        ),
+        pytest.param(
+            {"api_listen": "api.example:8080", "api_tokens_file": "/t"},
+            "api_listen api.example:8080 would serve the API over plain TCP on an address that is not loopback: set "
+            "api_tls_cert_file and api_tls_key_file, or api_allow_insecure_tcp = true if something else protects "
+            "that network",
+            id="a host name is not loopback",
+        ),
+        pytest.param(
+            {"api_listen": "[::1]:8080"},
+            "api_listen [::1]:8080 needs a way to authenticate clients: api_tokens_file (bearer tokens) or "
+            "api_tls_client_ca_file (client certificates)",
+            id="TCP without credentials",
+        ),
+        pytest.param(
+            {"api_tls_cert_file": "/c"},
+            "api_tls_cert_file and api_tls_key_file must be given together",
+            id="a certificate without its key",
+        ),
+        pytest.param(
+            {"api_tls_client_ca_file": "/ca"},
+            "api_tls_client_ca_file needs TLS: set api_tls_cert_file and api_tls_key_file too",
+            id="client certificates without TLS",
+        ),
+    ],
+)
+def test_tcp_listeners_need_tls_off_loopback_and_always_a_way_to_authenticate(
+    values: dict[str, str], message: str | None
+) -> None:
+    if message is None:
+        build_settings(file_values=values)
+        return
+    with pytest.raises(ConfigError) as caught:
+        build_settings(file_values=values)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        pytest.param(
+            "# ci\n\n  a-long-enough-token-1  \nb-long-enough-token-2\n",
+            {"a-long-enough-token-1", "b-long-enough-token-2"},
+            id="tokens",
+        ),
+        pytest.param("", set(), id="none"),
+    ],
+)
+def test_tokens_files(text: str, tokens: set[str]) -> None:
+    assert parse_tokens(text) == tokens
+
+
+@pytest.mark.parametrize("line", ["short", "has a space inside it!!"])
+def test_a_weak_or_malformed_token_is_refused(line: str) -> None:
+    with pytest.raises(ConfigError, match="tokens, line 2: a token must be at least 16 characters without spaces"):
+        parse_tokens(f"# x\n{line}\n", "tokens")

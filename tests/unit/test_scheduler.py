@@ -24,7 +24,15 @@ from fleetpy.scheduler import (
     metadata_matches,
     rule_holds,
 )
-from fleetpy.unit import MetadataRule, Requirements, UnitFile, parse_metadata_rule, requirements
+from fleetpy.unit import (
+    MetadataRule,
+    Requirements,
+    UnitFile,
+    parse_metadata_rule,
+    path_match,
+    policy_refusal,
+    requirements,
+)
 
 FULL_ID = "4d389537a1b2c3d4e5f60718293a4b5c"
 
@@ -359,6 +367,48 @@ def rule(pair: str) -> MetadataRule:
 )
 def test_check(name: str, xfleet: str, machine: MachineView, expected: Rejection | None) -> None:
     assert check(name, reqs(name, xfleet), machine) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "allow", "deny", "expected"),
+    [
+        pytest.param("web.service", (), (), "", id="no patterns allow every name"),
+        pytest.param("web.service", ("web*",), (), "", id="an allowed name"),
+        pytest.param(
+            "db.service", ("web*", "cache@*"), (), "unit name matches no unit_allow pattern (web*, cache@*)",
+            id="a name no allow pattern matches",
+        ),
+        pytest.param(
+            "web.service", ("web*",), ("*.service",), "unit name matches unit_deny pattern '*.service'",
+            id="deny wins over allow",
+        ),
+        pytest.param("web.timer", (), ("*.service",), "", id="a deny pattern that does not match"),
+        pytest.param("a/b.service", (), ("*.service",), "", id="globs do not cross a slash, as Conflicts's"),
+    ],
+)  # fmt: skip
+def test_policy_refusal(name: str, allow: tuple[str, ...], deny: tuple[str, ...], expected: str) -> None:
+    assert policy_refusal(name, allow, deny) == expected
+
+
+def test_a_machine_refusing_a_unit_rules_it_out_before_any_other_check() -> None:
+    pinned_elsewhere = reqs("db.service", "MachineID=0000000000000000\n")
+    denying = MachineView(Machine(MachineID(FULL_ID), unit_deny=("db*",)), {})
+    assert check("db.service", pinned_elsewhere, denying) == Rejection(
+        Rule.POLICY, "the machine refuses it: unit name matches unit_deny pattern 'db*'"
+    )
+    refusing = MachineView(Machine(MachineID(FULL_ID), refused={"db.service": "the host already has db.service"}), {})
+    assert check("db.service", reqs("db.service"), refusing) == Rejection(
+        Rule.POLICY, "the machine refuses it: the host already has db.service"
+    )
+    assert check("web.service", reqs("web.service"), refusing) is None, "only the refused name"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab*?.-@/", max_size=8), st.lists(st.text(alphabet="ab*?.-", max_size=5), max_size=3))
+def test_a_denied_name_is_never_allowed_whatever_the_allow_list(name: str, deny: list[str]) -> None:
+    for allow in ((), ("*",), tuple(deny)):
+        if any(path_match(p, name) for p in deny):
+            assert policy_refusal(name, allow, deny).startswith("unit name matches unit_deny pattern")
 
 
 def test_machine_id_matches_full_and_short_ids() -> None:

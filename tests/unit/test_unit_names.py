@@ -66,6 +66,8 @@ def test_good_names(name: str) -> None:
         pytest.param("é.service", "invalid character 'é' in unit name", id="a printable non-ASCII letter"),
         pytest.param("@+.service", "invalid character '+' in unit name", id="characters before the leading at"),
         pytest.param("@foo.service", 'unit name cannot start in "@"', id="a leading at sign"),
+        pytest.param(".service", 'unit name cannot start in "."', id="nothing before the type (fleetpy's)"),
+        pytest.param("..service", 'unit name cannot start in "."', id="a hidden file name (fleetpy's)"),
     ],
 )
 def test_bad_names(name: str, message: str) -> None:

@@ -262,6 +262,13 @@ def test_options_that_do_not_survive_serialisation_are_refused(options: tuple[Un
         UnitFile.from_options(options)
 
 
+def test_options_whose_sections_interleave_are_accepted_and_grouped_as_fleet_serialises_them() -> None:
+    # found by the parser fuzz test: a section seen again later is merged into its first appearance
+    unit = UnitFile.from_options(opts(("Unit", "A", "1"), ("Service", "B", "2"), ("Unit", "C", "3")))
+    assert unit.text == "[Unit]\nA=1\nC=3\n\n[Service]\nB=2\n"
+    assert UnitFile.from_text("[Unit]\nA=1\n[Service]\nB=2\n[Unit]\nC=3\n").hash == unit.hash
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Canonical form
 
