@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -77,8 +78,11 @@ class Commands(click.Group):
         with formatter.section("Version"):
             formatter.write_text(__version__)  # fleetctl's root help shows it; its functional tests check
 
-    def _prefixed(self, ctx: click.Context, prefix: str) -> list[str]:
-        return [n for n in self.list_commands(ctx) if n.startswith(prefix)] if prefix else []
+    def _prefixed(self, ctx: click.Context, prefix: str, *, hidden: bool = True) -> list[str]:
+        if not prefix:
+            return []
+        names = [n for n in self.list_commands(ctx) if n.startswith(prefix)]
+        return names if hidden else [n for n in names if not self.commands[n].hidden]
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -89,7 +93,7 @@ class Commands(click.Group):
             if name.startswith("-"):
                 self.parse_args(ctx, args)  # an unknown option: click says so
             message = f'unknown command "{name}" for "{ctx.command_path}"'
-            suggestions = self._prefixed(ctx, name)
+            suggestions = self._prefixed(ctx, name, hidden=False)  # cobra suggests no hidden command
             if suggestions:
                 message += "\n\nDid you mean this?\n" + "".join(f"\t{s}\n" for s in suggestions)
             ctx.fail(message)
@@ -232,6 +236,16 @@ def main(
 def version() -> None:
     """Print the version."""
     click.echo(f"fleetpyctl version {__version__}")
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True}, hidden=True, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def verify(args: tuple[str, ...]) -> None:
+    """Deprecated: signed units no longer exist (FLEET-SPEC §1.4). Both lines go to stderr, as cobra's
+    deprecation notice did (``Printf`` writes to stderr unless told otherwise, and fleetctl never told it)."""
+    click.echo('Command "verify" is deprecated, DEPRECATED - No longer works', err=True)
+    click.echo("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.", err=True)
+    sys.exit(2)
 
 
 @main.command("help", context_settings=CONTEXT)
