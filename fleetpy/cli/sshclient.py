@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import re
 import shlex
@@ -42,6 +43,7 @@ from dataclasses import dataclass
 from fleetpy.client import parse_endpoints
 from fleetpy.unit import go_quote
 
+log = logging.getLogger(__name__)
 DEFAULT_TUNNEL_COMMAND = "fleetpyctl"
 CHUNK = 65536
 STDERR_LIMIT = 4096  # the last bytes of ssh's stderr kept for an error message
@@ -227,6 +229,7 @@ class SshTunnel:
         """Copy one connection to and from an ssh session; remember why the session failed, if it did, before
         the connection is closed (so the client finds the reason when it sees the connection end)."""
         reader, writer = await asyncio.open_unix_connection(sock=connection)
+        log.debug("tunnel session: %s", shlex.join(self.commands[index]))
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.commands[index],

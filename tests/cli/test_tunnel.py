@@ -279,6 +279,13 @@ async def test_a_failing_ssh_says_why_and_exits_1(ctl: Ctl, sshd: Sshd, workdir:
     assert absent.code == 1
     assert "ssh exited with status 127: " in absent.err
 
+    # no ssh client here at all
+    no_client = await through(ctl, sshd, "list-units", PATH=os.path.join(workdir, "empty"))
+    assert (no_client.code, no_client.out) == (1, "")
+    assert no_client.err.endswith(
+        f"through the SSH tunnel 127.0.0.1:{sshd.port}: cannot run ssh: No such file or directory\n"
+    )
+
 
 async def test_a_bad_tunnel_flag_is_refused_before_anything_runs(ctl: Ctl) -> None:
     result = await ctl.process("--tunnel", "-oProxyCommand=x", "list-units")
