@@ -86,7 +86,18 @@ class Fuzz:
 
 
 @pytest.fixture(scope="module")
-def fuzz(etcd: EtcdServer) -> Iterator[Fuzz]:
+def fuzz_etcd(workdir: str) -> Iterator[EtcdServer]:
+    """An etcd of the fuzz tests' own: "nothing was written" is checked on etcd's revision, which a daemon of
+    another test module still winding down on the shared etcd could move."""
+    server = EtcdServer(os.path.join(workdir, f"etcd-fuzz-{uuid.uuid4().hex[:8]}"))
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="module")
+def fuzz(fuzz_etcd: EtcdServer) -> Iterator[Fuzz]:
+    etcd = fuzz_etcd
     loop = asyncio.new_event_loop()
     prefix = f"/fuzz-{uuid.uuid4().hex[:8]}"
 
