@@ -9,20 +9,30 @@ answers: it moves on to the next when a connection cannot be made (nothing was s
 repeated), or when the API answers that its fleetpyd cannot reach etcd before doing anything (fleet's 503
 without a ``Server`` header). An endpoint that answered is used first for the following requests.
 A bearer token, when given, goes with every request (``Authorization: Bearer``) for TCP listeners.
+
+With a ``Tunnel`` (fleetpyctl's ``--tunnel``, ``cli/sshclient.py``), connections to an endpoint are made to a
+local unix socket that carries their bytes unchanged to the endpoint. TLS to an https endpoint still runs here,
+end to end, and verifies the server against the endpoint's own host name, never the local socket. An endpoint
+whose carrier failed is reported with the carrier's reason (say, ssh's exit status and message) rather than
+aiohttp's "Server disconnected"; it is not failed over from, because the request may have reached the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+from aiohttp.client_exceptions import UnixClientConnectorError
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.tracing import Trace
 
 from fleetpy.errors import FleetError
 from fleetpy.model import DesiredState
@@ -277,6 +287,55 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError)
 
 
+class Tunnel(Protocol):
+    """Another way to the endpoints than connecting to them: a local unix socket per endpoint whose connections
+    carry bytes to it unchanged (fleetpyctl's ``--tunnel``)."""
+
+    @property
+    def name(self) -> str:
+        """How error messages name the way, e.g. ``the SSH tunnel bastion:22``."""
+        ...
+
+    def socket(self, index: int) -> str:
+        """The local unix socket that leads to endpoint ``index`` of the client's list."""
+        ...
+
+    def failure(self, index: int) -> str:
+        """Why the last connection carried to endpoint ``index`` broke, ``""`` when none did."""
+        ...
+
+
+class _TunnelConnector(aiohttp.UnixConnector):
+    """Connections through a ``Tunnel``'s socket. For https the TLS handshake runs over that socket with the
+    URL's host as ``server_hostname``, so the certificate is checked against the endpoint, as without a tunnel
+    (aiohttp's ``UnixConnector`` never speaks TLS)."""
+
+    def __init__(self, path: str, ssl_context: ssl.SSLContext | None) -> None:
+        super().__init__(path=path, limit=32)
+        self._tls = ssl_context
+
+    async def _create_connection(
+        self, req: aiohttp.ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
+        if not req.is_ssl():
+            return await super()._create_connection(req, traces, timeout)
+        context = self._tls if self._tls is not None else ssl.create_default_context()
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                _, protocol = await self._loop.create_unix_connection(
+                    self._factory, self.path, ssl=context, server_hostname=(req.host or "").rstrip(".")
+                )
+        except ssl.CertificateError as exc:
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
+        except OSError as exc:
+            if isinstance(exc, TimeoutError):
+                raise
+            raise UnixClientConnectorError(self.path, req.connection_key, exc) from exc
+        return protocol
+
+
 class Client:
     def __init__(
         self,
@@ -285,12 +344,14 @@ class Client:
         timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         token: str = "",
+        tunnel: Tunnel | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.endpoints = parse_endpoints(endpoint)
         self.timeout = timeout
         self.ssl_context = ssl_context
         self.token = token
+        self.tunnel = tunnel
         self._current = 0
         self._sessions: dict[int, aiohttp.ClientSession] = {}
 
@@ -318,11 +379,14 @@ class Client:
         session = self._sessions.get(index)
         if session is None:
             socket_path = self.endpoints[index][1]
-            connector: aiohttp.BaseConnector = (
-                aiohttp.UnixConnector(path=socket_path, limit=32)
-                if socket_path
-                else aiohttp.TCPConnector(limit=32, ssl=self.ssl_context if self.ssl_context is not None else True)
-            )
+            connector: aiohttp.BaseConnector
+            if self.tunnel is not None:
+                connector = _TunnelConnector(self.tunnel.socket(index), self.ssl_context)
+            elif socket_path:
+                connector = aiohttp.UnixConnector(path=socket_path, limit=32)
+            else:
+                tls = self.ssl_context if self.ssl_context is not None else True
+                connector = aiohttp.TCPConnector(limit=32, ssl=tls)
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
             session = aiohttp.ClientSession(
                 connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout), headers=headers
@@ -332,7 +396,13 @@ class Client:
 
     def _where(self, index: int) -> str:
         base, socket_path = self.endpoints[index]
-        return f"unix://{socket_path}" if socket_path else base
+        where = f"unix://{socket_path}" if socket_path else base
+        return f"{where} through {self.tunnel.name}" if self.tunnel is not None else where
+
+    def _unavailable(self, index: int, exc: BaseException) -> EndpointUnavailable:
+        """The error of a request to endpoint ``index`` that failed with ``exc``: the tunnel's reason first."""
+        reason = (self.tunnel.failure(index) if self.tunnel is not None else "") or _reason(exc)
+        return EndpointUnavailable(f"cannot reach the fleetpy API at {self._where(index)}: {reason}")
 
     @property
     def where(self) -> str:
@@ -397,9 +467,7 @@ class Client:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if _unreachable(exc):
                     raise _TryNext(exc) from exc
-                raise EndpointUnavailable(
-                    f"cannot reach the fleetpy API at {self._where(index)}: {_reason(exc)}"
-                ) from exc
+                raise self._unavailable(index, exc) from exc
 
         return await self._failover(attempt)
 
@@ -520,9 +588,7 @@ class Client:
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 if _unreachable(exc):
                     raise _TryNext(exc) from exc
-                raise EndpointUnavailable(
-                    f"cannot reach the fleetpy API at {self._where(index)}: {_reason(exc)}"
-                ) from exc
+                raise self._unavailable(index, exc) from exc
             if response.status >= 400:
                 async with response:
                     raw = await response.read()
@@ -553,4 +619,4 @@ class Client:
                         error=_s(event, "error"),
                     )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise EndpointUnavailable(f"cannot reach the fleetpy API at {self.where}: {_reason(exc)}") from exc
+            raise self._unavailable(self._current, exc) from exc

@@ -8,6 +8,7 @@ on the group with ``main.add_command``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import ssl
@@ -19,6 +20,7 @@ from typing import Any
 import click
 
 from fleetpy.cli.output import tabwrite
+from fleetpy.cli.sshclient import SshOptions, TunnelError, open_tunnel
 from fleetpy.client import ApiError, ApiMachine, Client, EndpointUnavailable
 from fleetpy.config import DEFAULT_API_SOCKET
 from fleetpy.errors import FleetError, InvalidUnit
@@ -35,17 +37,6 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
-
-
-@dataclass
-class SshOptions:
-    """The global SSH flags (used by ``ssh``)."""
-
-    username: str = "core"
-    tunnel: str = ""
-    known_hosts_file: str = ""
-    strict_host_key_checking: bool = True
-    timeout: float = 10.0
 
 
 @dataclass
@@ -103,11 +94,16 @@ def read_token(path: str) -> str:
 
 
 def run(ctx: click.Context, body: Callable[[Ctl, Client], Awaitable[int | None]]) -> None:
-    """Run ``body`` with a client of the API; the one place where errors become messages and exit codes."""
+    """Run ``body`` with a client of the API (through the SSH tunnel with ``--tunnel``, torn down when ``body``
+    returns); the one place where errors become messages and exit codes."""
     ctl: Ctl = ctx.obj
 
     async def main() -> int | None:
-        async with Client(ctl.endpoint, timeout=ctl.timeout, ssl_context=ctl.tls, token=ctl.token) as client:
+        async with contextlib.AsyncExitStack() as stack:
+            tunnel = await stack.enter_async_context(open_tunnel(ctl.endpoint, ctl.ssh)) if ctl.ssh.tunnel else None
+            client = await stack.enter_async_context(
+                Client(ctl.endpoint, timeout=ctl.timeout, ssl_context=ctl.tls, token=ctl.token, tunnel=tunnel)
+            )
             ctl.client = client
             return await body(ctl, client)
 
@@ -117,6 +113,9 @@ def run(ctx: click.Context, body: Callable[[Ctl, Client], Awaitable[int | None]]
         if exc.message:
             click.echo(exc.message, err=True)
         sys.exit(exc.code)
+    except TunnelError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
     except (EndpointUnavailable, ApiError) as exc:
         click.echo(str(exc), err=True)
         sys.exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,7 +24,6 @@ from fleetpy.cli.common import (
     DEFAULT_ENDPOINT,
     CliError,
     Ctl,
-    SshOptions,
     local_unit,
     output_option,
     print_json,
@@ -34,6 +34,7 @@ from fleetpy.cli.common import (
     tls_context,
 )
 from fleetpy.cli.output import check_fields, format_metadata, machine_id_legend, machine_legend
+from fleetpy.cli.sshclient import DEFAULT_TUNNEL_COMMAND, SshOptions, TunnelError, fd_forward
 from fleetpy.client import ApiError, ApiUnit, Client, EndpointUnavailable
 from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState
@@ -77,8 +78,11 @@ class Commands(click.Group):
         with formatter.section("Version"):
             formatter.write_text(__version__)  # fleetctl's root help shows it; its functional tests check
 
-    def _prefixed(self, ctx: click.Context, prefix: str) -> list[str]:
-        return [n for n in self.list_commands(ctx) if n.startswith(prefix)] if prefix else []
+    def _prefixed(self, ctx: click.Context, prefix: str, *, hidden: bool = True) -> list[str]:
+        if not prefix:
+            return []
+        names = [n for n in self.list_commands(ctx) if n.startswith(prefix)]
+        return names if hidden else [n for n in names if not self.commands[n].hidden]
 
     def resolve_command(
         self, ctx: click.Context, args: list[str]
@@ -89,7 +93,7 @@ class Commands(click.Group):
             if name.startswith("-"):
                 self.parse_args(ctx, args)  # an unknown option: click says so
             message = f'unknown command "{name}" for "{ctx.command_path}"'
-            suggestions = self._prefixed(ctx, name)
+            suggestions = self._prefixed(ctx, name, hidden=False)  # cobra suggests no hidden command
             if suggestions:
                 message += "\n\nDid you mean this?\n" + "".join(f"\t{s}\n" for s in suggestions)
             ctx.fail(message)
@@ -138,7 +142,14 @@ def _global(*names: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callab
 @_global("--token-file", default="", help="File whose first line is the bearer token for a TCP endpoint.")
 @_global("--driver", default="API", show_default=True, help="Only API: fleetpyctl never talks to etcd directly.")
 @_global("--ssh-username", default="core", show_default=True, help="User for ssh.")
-@_global("--tunnel", default="", help="host[:port] to reach machines through (ssh's -J).")
+@_global(
+    "--tunnel",
+    default="",
+    help="host[:port] to reach the API through over SSH, with the system's ssh: a unix endpoint is a socket on that "
+    "host, reached by running 'fleetpyctl fd-forward SOCKET' there (FLEETPYCTL_TUNNEL_COMMAND names another "
+    "remote program); a TCP endpoint is dialed from that host (ssh -W). The ssh command reaches machines through "
+    "it too (ssh's -J).",
+)
 @_global(
     "--known-hosts-file",
     default="~/.fleetctl/known_hosts",
@@ -218,6 +229,7 @@ def main(
         known_hosts_file=os.path.expanduser(known_hosts_file),
         strict_host_key_checking=strict_host_key_checking,
         timeout=ssh_timeout,
+        tunnel_command=os.environ.get("FLEETPYCTL_TUNNEL_COMMAND") or DEFAULT_TUNNEL_COMMAND,
     )
     try:
         tls = tls_context(ca_file or etcd_cafile, cert_file or etcd_certfile, key_file or etcd_keyfile)
@@ -232,6 +244,31 @@ def main(
 def version() -> None:
     """Print the version."""
     click.echo(f"fleetpyctl version {__version__}")
+
+
+@main.command(context_settings={**CONTEXT, "ignore_unknown_options": True}, hidden=True, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def verify(args: tuple[str, ...]) -> None:
+    """Deprecated: signed units no longer exist (FLEET-SPEC §1.4). Both lines go to stderr, as cobra's
+    deprecation notice did (``Printf`` writes to stderr unless told otherwise, and fleetctl never told it)."""
+    click.echo('Command "verify" is deprecated, DEPRECATED - No longer works', err=True)
+    click.echo("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.", err=True)
+    sys.exit(2)
+
+
+@main.command("fd-forward", context_settings=CONTEXT, hidden=True)
+@click.argument("args", nargs=-1)
+def fd_forward_command(args: tuple[str, ...]) -> None:
+    """Copy stdin to the unix socket SOCKET and the socket to stdout (the far end of --tunnel; not meant to be
+    run by hand)."""
+    if len(args) != 1:
+        click.echo("Provide a single argument", err=True)
+        sys.exit(1)
+    try:
+        fd_forward(args[0])
+    except TunnelError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
 
 
 @main.command("help", context_settings=CONTEXT)

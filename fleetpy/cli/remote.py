@@ -9,15 +9,15 @@ reached, and for a global unit on every machine. ``ssh`` still opens a shell on 
 from __future__ import annotations
 
 import asyncio
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
 
 import click
 
-from fleetpy.cli.common import CONTEXT, CliError, Ctl, SshOptions, run
+from fleetpy.cli.common import CONTEXT, CliError, Ctl, run
 from fleetpy.cli.output import machine_legend
+from fleetpy.cli.sshclient import ADDRESS, SshOptions, ssh_options
 from fleetpy.client import ApiError, ApiMachine, Client
 from fleetpy.unit import mangle_name
 
@@ -160,21 +160,9 @@ def ssh_command(
     remote command's words are passed on and ssh joins them with spaces, as fleetctl did. The address comes
     from the machine's record in etcd: it must be an IP address or a host name, and ``--`` ends ssh's options
     before it, so that no record can smuggle in an option such as ``-oProxyCommand=...``."""
-    if not _ADDRESS.fullmatch(address):
+    if not ADDRESS.fullmatch(address):
         raise CliError(f"Unable to proceed: the machine's address {address!r} is not an IP address or host name")
-    args = [
-        "ssh",
-        "-l",
-        options.username,
-        "-o",
-        f"ConnectTimeout={max(1, round(options.timeout))}",
-        "-o",
-        f"StrictHostKeyChecking={'yes' if options.strict_host_key_checking else 'no'}",
-    ]
-    if options.known_hosts_file:
-        args += ["-o", f"UserKnownHostsFile={options.known_hosts_file}"]
-    if port != 22:
-        args += ["-p", str(port)]
+    args = ssh_options(options, port=port)
     if forward_agent:
         args.append("-A")
     if options.tunnel:
@@ -184,10 +172,6 @@ def ssh_command(
     args += ["--", address]
     args += list(command)
     return args
-
-
-# An IPv4 or IPv6 address or a DNS name: letters, digits, dots, hyphens and colons, never a leading hyphen.
-_ADDRESS = re.compile(r"[0-9A-Za-z][0-9A-Za-z.:-]{0,252}")
 
 
 def _by_prefix(machines: Sequence[ApiMachine], prefix: str) -> list[ApiMachine]:

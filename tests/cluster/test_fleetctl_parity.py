@@ -364,13 +364,28 @@ async def test_a_global_unit_everywhere_status_journal_and_a_rolling_restart(clu
 
 
 async def test_ssh_runs_the_system_client_with_an_argument_list(cluster: Cluster, tmp_path) -> None:
-    """No sshd runs in sandbox hosts: a stand-in ``ssh`` first on PATH records the arguments it was given."""
+    """No sshd runs in sandbox hosts: a stand-in ``ssh`` first on PATH records the arguments it was given. With
+    ``--tunnel`` the API is reached through it too: a session that runs ``fd-forward`` (the tunnel's) is logged
+    and its remote command run here, on the tunnel host that this machine stands in for."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "ssh"
-    fake.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\nexit 7\n')
+    tunnel_log = tmp_path / "tunnel-sessions"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *" fd-forward "*)\n'
+        f'  for a in "$@"; do printf "%s\\n" "$a"; done > {tunnel_log}\n'
+        '  for last; do :; done; exec sh -c "$last";;\n'
+        "esac\n"
+        'for a in "$@"; do printf "%s\\n" "$a"; done\nexit 7\n'
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    env = ctl_env(cluster, PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(tmp_path))
+    env = ctl_env(
+        cluster,
+        PATH=f"{bin_dir}:{os.environ['PATH']}",
+        HOME=str(tmp_path),
+        FLEETPYCTL_TUNNEL_COMMAND=f"{sys.executable} -m fleetpy.cli.fleetpyctl",
+    )
     machine = sorted(cluster.machines, key=lambda m: m.id)[0]
 
     def ssh(*args: str, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -399,6 +414,12 @@ async def test_ssh_runs_the_system_client_with_an_argument_list(cluster: Cluster
     assert result.stdout.splitlines() == [
         "-l", "admin", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=no", "-o", known,
         "-p", "2222", "-A", "-J", "bastion:2200", "--", machine.public_ip, "uptime",
+    ]  # fmt: skip
+    socket_path = cluster.endpoint.removeprefix("unix://")
+    assert tunnel_log.read_text().splitlines() == [
+        "-l", "admin", "-o", "ConnectTimeout=10", "-o", "StrictHostKeyChecking=no", "-o", known, "-p", "2200",
+        "-T", "-e", "none", "-a", "-x", "-o", "BatchMode=yes", "--", "bastion",
+        f"{sys.executable} -m fleetpy.cli.fleetpyctl fd-forward {socket_path}",
     ]  # fmt: skip
     via_env = ssh("ssh", "--machine", machine.id, extra_env={"FLEETPYCTL_SSH_USERNAME": "envuser"})
     assert via_env.stdout.splitlines()[:2] == ["-l", "envuser"]

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetpy.cli.common import CliError, SshOptions
+from fleetpy.cli.common import CliError
 from fleetpy.cli.output import check_fields, format_metadata, machine_id_legend, machine_legend, tabwrite
 from fleetpy.cli.remote import ssh_command
+from fleetpy.cli.sshclient import SshOptions
 
 
 def table(text: str) -> list[list[str]]:
