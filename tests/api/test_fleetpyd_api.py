@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleetpy import __version__
 from fleetpy.devcluster import EtcdServer, free_port
 from fleetpy.registry.store import EtcdRegistry
+from tests.api.conftest import V1, Reply, options_of
 from tests.api.seeding import add_machine, place, report
 from tests.cli.conftest import start_process, stop_process, wait_serving
 
-V1 = "/fleet/v1"
 M1, M2 = "4d3895379ed84e6c9c4a2d5b9b6a1f01", "e793afb9c0d14f8e8a5a3c2b1d0e9f12"
 HELLO = "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100\n"
 OTHER = "[Unit]\nDescription=Other\n\n[Service]\nExecStart=/bin/sleep 200\n"
@@ -33,30 +32,6 @@ GLOBAL = "[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nGlobal=true\n"
 TEMPLATE = "[Service]\nExecStart=/bin/echo %i\n"
 ONLY_GET = "only GET supported against this resource"
 JSON = {"Content-Type": "application/json"}
-
-
-def options(text: str) -> list[dict[str, str]]:
-    from fleetpy.unit import UnitFile
-
-    return [{"section": o.section, "name": o.name, "value": o.value} for o in UnitFile.from_text(text).options]
-
-
-@dataclass
-class Reply:
-    status: int
-    raw: bytes
-    headers: Any
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-    @property
-    def error(self) -> tuple[int, str]:
-        body = self.json
-        assert list(body) == ["error"], body
-        assert list(body["error"]) == ["code", "message"], body
-        return body["error"]["code"], body["error"]["message"]
 
 
 class Http:
@@ -152,7 +127,7 @@ async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: Etcd
         400,
         'name in URL "a.service" differs from unit name in request body "b.service"',
     )
-    assert (await call("PUT", V1 + "/units/foo.servICE", {"options": options(HELLO)})).error == (
+    assert (await call("PUT", V1 + "/units/foo.servICE", {"options": options_of(HELLO)})).error == (
         400,
         'invalid unit type: "servICE"',
     )
@@ -161,19 +136,19 @@ async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: Etcd
         "unit does not exist and options field empty",
     )
     conflicting = "[X-Fleet]\nMachineID=abc\nGlobal=true\n"
-    assert (await call("PUT", V1 + "/units/a.service", {"options": options(conflicting)})).error == (
+    assert (await call("PUT", V1 + "/units/a.service", {"options": options_of(conflicting)})).error == (
         400,
         "MachineID cannot be used with Global",
     )
     assert (
-        await call("PUT", V1 + "/units/a.service", {"options": options(HELLO), "desiredState": "bogus"})
+        await call("PUT", V1 + "/units/a.service", {"options": options_of(HELLO), "desiredState": "bogus"})
     ).status == 400
-    created = await call("PUT", V1 + "/units/hello.service", {"name": "hello.service", "options": options(HELLO)})
+    created = await call("PUT", V1 + "/units/hello.service", {"name": "hello.service", "options": options_of(HELLO)})
     assert (created.status, created.raw) == (201, b"")
     assert (
-        await call("PUT", V1 + "/units/g.service", {"options": options(GLOBAL), "desiredState": "launched"})
+        await call("PUT", V1 + "/units/g.service", {"options": options_of(GLOBAL), "desiredState": "launched"})
     ).status == 201
-    assert (await call("PUT", V1 + "/units/t@.service", {"options": options(TEMPLATE)})).status == 201
+    assert (await call("PUT", V1 + "/units/t@.service", {"options": options_of(TEMPLATE)})).status == 201
     assert (await call("PUT", V1 + "/units/t@.service", {"desiredState": "launched"})).error == (
         400,
         'cannot activate template "t@.service"',
@@ -185,7 +160,7 @@ async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: Etcd
     assert (await call("PUT", V1 + "/units/hello.service", {"desiredState": "whatever"})).status == 400
     updated = await call("PUT", V1 + "/units/hello.service", {"desiredState": "launched"})
     assert (updated.status, updated.raw) == (204, b"")
-    same = await call("PUT", V1 + "/units/hello.service", {"options": options(HELLO), "desiredState": "launched"})
+    same = await call("PUT", V1 + "/units/hello.service", {"options": options_of(HELLO), "desiredState": "launched"})
     assert same.status == 204
 
     # GET /units and /units/<name>: global units show inactive in the list and no current state alone
@@ -205,7 +180,7 @@ async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: Etcd
         "desiredState": "launched",
         "machineID": M1,
         "name": "hello.service",
-        "options": [{"name": o["name"], "section": o["section"], "value": o["value"]} for o in options(HELLO)],
+        "options": [{"name": o["name"], "section": o["section"], "value": o["value"]} for o in options_of(HELLO)],
     }
     assert "currentState" not in (await call("GET", V1 + "/units/g.service")).json
     assert (await call("GET", V1 + "/units/missing.service")).error == (404, "unit does not exist")
@@ -220,7 +195,7 @@ async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: Etcd
         assert (await call("GET", V1 + path)).error == (404, "")
 
     # a replace: different options, 201, desired from the body
-    replaced = await call("PUT", V1 + "/units/hello.service", {"options": options(OTHER), "desiredState": "loaded"})
+    replaced = await call("PUT", V1 + "/units/hello.service", {"options": options_of(OTHER), "desiredState": "loaded"})
     assert replaced.status == 201
     assert (await call("GET", V1 + "/units/hello.service")).json["desiredState"] == "loaded"
 
