@@ -90,6 +90,18 @@ def cgroup2_root() -> str:
     raise ConfigError("no cgroup2 hierarchy is mounted on this machine; sandbox hosts need one")
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if ``process`` has not exited within ``timeout`` seconds; it is reaped either way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _tail(path: str, lines: int = 20) -> str:
     try:
         with open(path, errors="replace") as handle:
@@ -188,14 +200,8 @@ class EtcdServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            terminate(process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -715,13 +721,8 @@ class DevCluster:
             await asyncio.sleep(1)
 
     async def stop(self) -> None:
-        if self.hollow is not None and self.hollow.poll() is None:
-            self.hollow.terminate()
-            try:
-                self.hollow.wait(30)
-            except subprocess.TimeoutExpired:
-                self.hollow.kill()
-                self.hollow.wait()
+        if self.hollow is not None:
+            terminate(self.hollow, 30)
         for host in self.hosts:
             host.kill()
         if self._runner is not None:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fleetpy import devcluster
 from fleetpy.config import parse_list
-from fleetpy.devcluster import EtcdCluster, EtcdServer, SandboxHost, make_host
+from fleetpy.devcluster import EtcdCluster, EtcdServer, SandboxHost, make_host, terminate
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.systemd.dbus import DbusSystemd
@@ -250,13 +250,7 @@ class Cluster:
     def stop(self) -> None:
         for host in self.added:
             host.kill()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 60)
         self.log.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from fleetpy.cli.fleetpyctl import main
-from fleetpy.devcluster import EtcdServer
+from fleetpy.devcluster import EtcdServer, terminate
 from tests.support import ROOT, CtlResult
 
 
@@ -66,14 +65,8 @@ def wait_serving(api: ApiProcess, timeout: float = 20) -> None:
 
 
 def stop_process(api: ApiProcess) -> None:
-    """SIGTERM, then SIGKILL after 10 s, by PID."""
-    if api.process.poll() is None:
-        os.kill(api.process.pid, signal.SIGTERM)
-        try:
-            api.process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(api.process.pid, signal.SIGKILL)
-            api.process.wait()
+    """SIGTERM, then SIGKILL after 10 s."""
+    terminate(api.process, 10)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pytest
 
 from fleetpy.client import Client
-from fleetpy.devcluster import EtcdServer, SandboxHost
+from fleetpy.devcluster import EtcdServer, SandboxHost, terminate
 from fleetpy.keys import Keys
 from fleetpy.registry.etcd import EtcdClient
 from tests.cli.conftest import Ctl
@@ -108,13 +108,7 @@ def daemon(etcd: EtcdServer, host: SandboxHost, workdir: str) -> Iterator[Daemon
         asyncio.run(_registered(running))
         yield running
     finally:
-        if running.process.poll() is None:
-            running.process.send_signal(signal.SIGTERM)
-            try:
-                running.process.wait(30)
-            except subprocess.TimeoutExpired:
-                running.process.kill()
-                running.process.wait()
+        terminate(running.process, 30)
 
 
 async def _registered(daemon: Daemon) -> None:

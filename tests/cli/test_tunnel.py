@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from fleetpy.devcluster import EtcdServer, free_port
+from fleetpy.devcluster import EtcdServer, free_port, terminate
 from fleetpy.model import DesiredState
 from fleetpy.registry.store import EtcdRegistry
 from tests.api.seeding import add_machine, place, report
@@ -68,13 +67,7 @@ def _listening(port: int) -> bool:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+    terminate(process, 5)
 
 
 @pytest.fixture(scope="module")
