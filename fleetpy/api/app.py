@@ -231,6 +231,20 @@ async def delete_unit(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
+async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    """The request's body, refused with 413 as soon as it is known to exceed ``limit`` bytes: by its
+    Content-Length, or while reading a chunked body, which says no length (never more than ``limit`` + 1 bytes
+    are held)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    raw = b""
+    while chunk := await request.content.read(limit + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    return raw
+
+
 async def _read_json(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -239,9 +253,7 @@ async def _read_json(request: web.Request, limit: int = MAX_BODY) -> dict[str, A
         raise HttpError(415, f"expected 1 Content-Type, got {len(content_types)}")
     if content_types[0].split(";", 1)[0].strip().lower() != "application/json":
         raise HttpError(415, "only acceptable Content-Type is application/json")
-    raw = await request.read()
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    raw = await read_body(request, limit)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:

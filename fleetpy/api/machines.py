@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from fleetpy.api.app import MAX_BODY, REGISTRY, HttpError
+from fleetpy.api.app import REGISTRY, HttpError, read_body
 from fleetpy.api.schema import BadRequest
 from fleetpy.errors import RegistryUnavailable
 from fleetpy.model import MachineID
@@ -98,14 +98,7 @@ def parse_metadata_ops(body: Any) -> list[tuple[MachineID, str, str]]:
 
 
 async def patch_machines(request: web.Request) -> web.StreamResponse:
-    # fleet reads the body whatever its Content-Type, so not through _read_json; the size limit still holds
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
-    raw = b""
-    while chunk := await request.content.read(MAX_BODY + 1 - len(raw)):  # a chunked body says no length
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
+    raw = await read_body(request)  # fleet reads the body whatever its Content-Type: not _read_json
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
