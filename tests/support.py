@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -76,6 +76,15 @@ async def running_units(systemd: DbusSystemd, names: list[str]) -> set[str]:
     """Which of ``names`` the host's systemd runs (a process may be up: active, starting, stopping)."""
     statuses = await systemd.statuses(names)
     return {name for name, status in statuses.items() if status.active in RUNNING}
+
+
+async def where_running(buses: Mapping[str, DbusSystemd], names: list[str]) -> dict[str, list[str]]:
+    """unit → the hosts (keys of ``buses``) whose systemd runs it, in ``buses``'s order."""
+    seen: dict[str, list[str]] = {}
+    for host, systemd in buses.items():
+        for unit in await running_units(systemd, names):
+            seen.setdefault(unit, []).append(host)
+    return seen
 
 
 @dataclass
@@ -281,3 +290,10 @@ def etcd_cluster(directory: str, size: int = 3) -> Iterator[EtcdCluster]:
         yield cluster
     finally:
         cluster.kill()
+
+
+@contextlib.asynccontextmanager
+async def systemds(cluster: Cluster) -> AsyncIterator[dict[str, DbusSystemd]]:
+    """Every machine's own systemd, by machine name, connected for the block."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield {m.name: await stack.enter_async_context(systemd_at(m.bus)) for m in cluster.machines}

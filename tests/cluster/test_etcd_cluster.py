@@ -14,11 +14,10 @@ Every claim about units running is checked on the hosts' own systemd.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -26,7 +25,16 @@ import pytest
 from fleetpy.client import ApiError, Client
 from fleetpy.devcluster import EtcdCluster
 from fleetpy.systemd.dbus import DbusSystemd
-from tests.support import Cluster, CtlResult, etcd_cluster, running_units, systemd_at, wait_for, write_unit
+from tests.support import (
+    Cluster,
+    CtlResult,
+    etcd_cluster,
+    running_units,
+    systemds,
+    wait_for,
+    where_running,
+    write_unit,
+)
 
 SLEEPER = '[Unit]\nDescription={desc}\n\n[Service]\nExecStart=/bin/sh -c "while true; do sleep 1; done"\n'
 STREAM = 15.0  # seconds of commands with one member down
@@ -75,33 +83,18 @@ async def actl(setup: Setup, *args: str, timeout: float = 120) -> tuple[CtlResul
     return await asyncio.to_thread(ctl, setup, *args, timeout=timeout)
 
 
-@contextlib.asynccontextmanager
-async def systemds(cluster: Cluster) -> AsyncIterator[list[DbusSystemd]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(systemd_at(m.bus)) for m in cluster.machines]
-
-
-async def where_running(buses: list[DbusSystemd], names: list[str]) -> dict[str, int]:
-    """unit → on how many hosts its systemd runs it."""
-    seen: dict[str, int] = {}
-    for systemd in buses:
-        for unit in await running_units(systemd, names):
-            seen[unit] = seen.get(unit, 0) + 1
-    return seen
-
-
-async def main_pids(buses: list[DbusSystemd], names: list[str]) -> dict[str, int]:
+async def main_pids(buses: dict[str, DbusSystemd], names: list[str]) -> dict[str, int]:
     """unit → its main PID on the host that runs it."""
     pids: dict[str, int] = {}
-    for systemd in buses:
+    for systemd in buses.values():
         for unit in await running_units(systemd, names):
             pids[unit] = await systemd.main_pid(unit)
     return pids
 
 
-async def running_once(buses: list[DbusSystemd], names: list[str]) -> bool:
+async def running_once(buses: dict[str, DbusSystemd], names: list[str]) -> bool:
     seen = await where_running(buses, names)
-    return sorted(seen) == sorted(names) and set(seen.values()) == {1}
+    return sorted(seen) == sorted(names) and all(len(hosts) == 1 for hosts in seen.values())
 
 
 def unit_files(setup: Setup) -> dict[str, tuple[str, str]]:

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -25,7 +25,7 @@ from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.ops import MAX_TXN_OPS, Put
 from fleetpy.systemd.dbus import DbusSystemd
 from fleetpy.unit import UnitFile
-from tests.support import Cluster, Machine, etcd_server, running_units, systemd_at, wait_for
+from tests.support import Cluster, Machine, etcd_server, running_units, systemds, wait_for, where_running
 
 LEADER_TTL = 5  # fleetpyd's default leader lease
 
@@ -65,12 +65,6 @@ async def new_leader(cluster: Cluster, old: str, since: float, timeout: float = 
         await client.close()
 
 
-@contextlib.asynccontextmanager
-async def systemds(cluster: Cluster) -> AsyncIterator[dict[str, DbusSystemd]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield {m.name: await stack.enter_async_context(systemd_at(m.bus)) for m in cluster.machines}
-
-
 class Sampler:
     """Asks every host's own systemd, over and over, which of ``names`` it runs; records any unit seen running
     on two hosts in the same sample."""
@@ -84,10 +78,7 @@ class Sampler:
 
     async def run(self) -> None:
         while True:
-            seen: dict[str, list[str]] = {}
-            for host, systemd in self.buses.items():
-                for unit in await running_units(systemd, self.names):
-                    seen.setdefault(unit, []).append(host)
+            seen = await where_running(self.buses, self.names)
             self.doubles += [(unit, hosts) for unit, hosts in seen.items() if len(hosts) > 1]
             self.last = seen
             self.samples += 1

@@ -18,22 +18,17 @@ from fleetpy.client import Client
 from fleetpy.config import Settings
 from fleetpy.model import DesiredState
 from fleetpy.unit import UnitFile
-from tests.support import Cluster, Machine, running_units, systemd_at, wait_for
+from tests.support import Cluster, Machine, systemds, wait_for, where_running
 
 UNITS = 30
 SLEEPER = UnitFile.from_text("[Service]\nExecStart=/bin/sleep infinity\n")
 AGENT_PASS = Settings().agent_reconcile_interval  # the bound on how long a stale copy may outlive the heal
 
 
-async def where_running(cluster: Cluster, names: list[str]) -> dict[str, list[str]]:
-    """unit → the machine IDs whose systemd runs it."""
-    seen: dict[str, list[str]] = {}
-    async with contextlib.AsyncExitStack() as stack:
-        for machine in cluster.machines:
-            systemd = await stack.enter_async_context(systemd_at(machine.bus))
-            for unit in await running_units(systemd, names):
-                seen.setdefault(unit, []).append(machine.id)
-    return seen
+async def running_on(cluster: Cluster, names: list[str]) -> dict[str, list[str]]:
+    """unit → the names of the machines whose systemd runs it."""
+    async with systemds(cluster) as buses:
+        return await where_running(buses, names)
 
 
 async def test_a_host_cut_off_from_etcd_loses_its_units_and_stops_its_stale_copies_when_it_returns(
@@ -48,16 +43,16 @@ async def test_a_host_cut_off_from_etcd_loses_its_units_and_stops_its_stale_copi
             await client.create_unit(name, SLEEPER.options, DesiredState.LAUNCHED)
 
         async def all_running_once() -> dict[str, list[str]]:
-            seen = await where_running(cluster, names)
+            seen = await running_on(cluster, names)
             return seen if sorted(seen) == names and all(len(m) == 1 for m in seen.values()) else {}
 
         before = await wait_for(all_running_once, timeout=120, interval=0.5, what="every unit running once")
         # The victim: a machine with units that does not lead the engine (the engine's failover is tested
         # elsewhere; here only the machine leaves).
         leader = await cluster.leader()
-        loads = {m.id: sum(1 for hosts in before.values() if m.id in hosts) for m in cluster.machines}
-        victim = max((m for m in cluster.machines if m.id != leader), key=lambda m: loads[m.id])
-        stranded = sorted(unit for unit, hosts in before.items() if hosts == [victim.id])
+        loads = {m.name: sum(1 for hosts in before.values() if m.name in hosts) for m in cluster.machines}
+        victim = max((m for m in cluster.machines if m.id != leader), key=lambda m: loads[m.name])
+        stranded = sorted(unit for unit, hosts in before.items() if hosts == [victim.name])
         assert stranded, f"the victim runs no unit: {loads}"
 
         victim.hold_fleetpyd()
@@ -67,8 +62,8 @@ async def test_a_host_cut_off_from_etcd_loses_its_units_and_stops_its_stale_copi
         cut = time.monotonic()
 
         async def moved() -> dict[str, list[str]]:
-            seen = await where_running(cluster, stranded)
-            elsewhere = {u: [m for m in seen.get(u, []) if m != victim.id] for u in stranded}
+            seen = await running_on(cluster, stranded)
+            elsewhere = {u: [m for m in seen.get(u, []) if m != victim.name] for u in stranded}
             return elsewhere if all(len(m) == 1 for m in elsewhere.values()) else {}
 
         elsewhere = await wait_for(
@@ -76,8 +71,8 @@ async def test_a_host_cut_off_from_etcd_loses_its_units_and_stops_its_stale_copi
         )
         figure("units of the cut-off host", len(stranded))
         figure("its units running elsewhere after the cut (s)", time.monotonic() - cut)
-        still_there = await where_running(cluster, stranded)
-        assert all(victim.id in still_there.get(u, []) for u in stranded), "the cut-off host's copies kept running"
+        still_there = await running_on(cluster, stranded)
+        assert all(victim.name in still_there.get(u, []) for u in stranded), "the cut-off host's copies kept running"
 
         # The heal: sample every host's systemd from the moment the host comes back.
         os.kill(frozen_pid, signal.SIGCONT)
@@ -86,7 +81,7 @@ async def test_a_host_cut_off_from_etcd_loses_its_units_and_stops_its_stale_copi
         last_double = healed
         samples = 0
         while time.monotonic() - healed < AGENT_PASS * 2 + 5:
-            seen = await where_running(cluster, names)
+            seen = await running_on(cluster, names)
             samples += 1
             if any(len(m) > 1 for m in seen.values()):
                 last_double = time.monotonic()
@@ -99,7 +94,7 @@ async def test_a_host_cut_off_from_etcd_loses_its_units_and_stops_its_stale_copi
         after = await all_running_once()
         lost = [u for u in names if u not in after]
         figure("units lost", len(lost))
-        assert after, f"not every unit runs exactly once after the heal: {await where_running(cluster, names)}"
+        assert after, f"not every unit runs exactly once after the heal: {await running_on(cluster, names)}"
         moved_back = sorted(u for u in stranded if after[u] != elsewhere[u])
         figure("units that moved back to the returned host", len(moved_back))
         assert moved_back == [], "units moved back to the machine that returned"
