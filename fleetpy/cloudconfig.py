@@ -24,7 +24,7 @@ import binascii
 import gzip
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,20 @@ def _decode_content(content: Any, encoding: str, where: str) -> bytes:
     return raw
 
 
+def _read_options(
+    entries: Mapping[str, Any], known: Collection[str], where: str, options: dict[str, str], warnings: list[str]
+) -> None:
+    """fleetpyd options from a section (``a-b`` spells ``a_b``): unknown keys are warned about and skipped,
+    null values left out."""
+    for raw_key, value in entries.items():
+        key = raw_key.replace("-", "_")
+        if key not in known:
+            warnings.append(f"unknown key {where}.{raw_key} - ignoring")
+            continue
+        if value is not None:
+            options[key] = _scalar(value, f"{where}.{raw_key}")
+
+
 def _write_file(entry: Any, where: str, warnings: list[str]) -> WriteFile:
     item = _mapping(entry, where)
     for key in sorted(set(item) - WRITE_FILE_KEYS):
@@ -205,23 +219,11 @@ def parse_cloud_config(text: str, *, source: str, public_ipv4: str = "", private
     coreos = _mapping(top.get("coreos"), "coreos")
     for key in sorted(set(coreos) - {"fleet"}):
         warnings.append(f"coreos.{key} is not handled by fleetpyd - ignoring")
-    for raw_key, value in _mapping(coreos.get("fleet"), "coreos.fleet").items():
-        key = raw_key.replace("-", "_")
-        if key not in COREOS_FLEET_KEYS:
-            warnings.append(f"unknown key coreos.fleet.{raw_key} - ignoring")
-            continue
-        if value is not None:
-            options[key] = _scalar(value, f"coreos.fleet.{raw_key}")
+    _read_options(_mapping(coreos.get("fleet"), "coreos.fleet"), COREOS_FLEET_KEYS, "coreos.fleet", options, warnings)
 
     own = _mapping(top.get("fleetpy"), "fleetpy")
     units_entry = own.pop("units", None)
-    for raw_key, value in own.items():
-        key = raw_key.replace("-", "_")
-        if key not in OPTION_NAMES:
-            warnings.append(f"unknown key fleetpy.{raw_key} - ignoring")
-            continue
-        if value is not None:
-            options[key] = _scalar(value, f"fleetpy.{raw_key}")
+    _read_options(own, OPTION_NAMES, "fleetpy", options, warnings)
 
     if units_entry is not None and not isinstance(units_entry, list):
         raise ConfigError("fleetpy.units: expected a list of units ({name, content[, desired]})")
