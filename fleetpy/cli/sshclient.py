@@ -247,9 +247,9 @@ class SshTunnel:
             assert process.stdout is not None
             assert process.stderr is not None
             async with asyncio.TaskGroup() as group:
-                upload = group.create_task(_upload(reader, process.stdin))
+                upload = group.create_task(_copy(reader, process.stdin, close=True))
                 errors = group.create_task(_tail(process.stderr))
-                await _download(process.stdout, writer)
+                await _copy(process.stdout, writer, close=False)
                 upload.cancel()
                 try:
                     code = await asyncio.wait_for(process.wait(), GRACE)
@@ -297,24 +297,18 @@ async def open_tunnel(endpoint: str, options: SshOptions) -> AsyncIterator[SshTu
         shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _upload(reader: asyncio.StreamReader, stdin: asyncio.StreamWriter) -> None:
+async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, close: bool) -> None:
+    """Copy until ``source`` ends, then close ``sink`` if asked. A side that went away ends the copy quietly:
+    ssh's status says why, or the caller ends a session whose client left."""
     try:
-        while data := await reader.read(CHUNK):
-            stdin.write(data)
-            await stdin.drain()
+        while data := await source.read(CHUNK):
+            sink.write(data)
+            await sink.drain()
     except OSError:
-        pass  # ssh is gone: its status says why
+        pass
     finally:
-        stdin.close()
-
-
-async def _download(stdout: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await stdout.read(CHUNK):
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass  # the client went away; the session is ended by the caller
+        if close:
+            sink.close()
 
 
 async def _tail(stderr: asyncio.StreamReader) -> bytes:
