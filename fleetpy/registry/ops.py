@@ -119,3 +119,22 @@ class Client(Protocol):
     ) -> AsyncIterator[Event]:
         """Events under ``prefix`` from ``start_revision`` until the stream breaks (``RegistryUnavailable``) or
         the revision is compacted (``Compacted``); ``created`` is called once etcd has accepted the watch."""
+
+
+class Leases:
+    """The lease operations every store on etcd offers its loops (machine presence, a watcher's owner key)."""
+
+    client: Client
+
+    async def grant_lease(self, ttl: int) -> int:
+        return await self.client.grant(ttl)
+
+    async def keepalive_lease(self, lease: int) -> int:
+        """The lease's new TTL, 0 if it no longer exists."""
+        return await self.client.keepalive(lease)
+
+    async def lease_ttl(self, lease: int) -> int:
+        return await self.client.lease_ttl(lease)
+
+    async def revoke_lease(self, lease: int) -> None:
+        await self.client.revoke(lease)

@@ -19,7 +19,7 @@ from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitSta
 from fleetpy.plan import EngineAction, Unschedule
 from fleetpy.registry import codec
 from fleetpy.registry.mirror import Mirror, Prefix
-from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Op, Put, Range
+from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Leases, Op, Put, Range
 from fleetpy.registry.watched import WatchedStore
 from fleetpy.relay import RelayRequest, decode_request, encode_request
 from fleetpy.watchplan import WatchError
@@ -59,7 +59,7 @@ def _decode_machine(_tail: str, raw: bytes) -> Machine:
     return codec.decode_machine(raw)
 
 
-class EtcdRegistry:
+class EtcdRegistry(Leases):
     """fleetpy's operations on etcd. Implements every protocol of ``registry.base``."""
 
     def __init__(self, client: Client, keys: Keys, metrics: Metrics | None = None) -> None:
@@ -67,20 +67,6 @@ class EtcdRegistry:
         self.keys = keys
         self.metrics = metrics
         self._bodies: dict[str, str] = {}
-
-    # ---------------------------------------------------------------- leases
-
-    async def grant_lease(self, ttl: int) -> int:
-        return await self.client.grant(ttl)
-
-    async def keepalive_lease(self, lease: int) -> int:
-        return await self.client.keepalive(lease)
-
-    async def lease_ttl(self, lease: int) -> int:
-        return await self.client.lease_ttl(lease)
-
-    async def revoke_lease(self, lease: int) -> None:
-        await self.client.revoke(lease)
 
     # ---------------------------------------------------------------- machines
 

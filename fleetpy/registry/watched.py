@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from fleetpy.keys import Keys
 from fleetpy.registry import codec
-from fleetpy.registry.ops import MAX_TXN_OPS, Client, Compare, Delete, Op, Put, Range
+from fleetpy.registry.ops import MAX_TXN_OPS, Client, Compare, Delete, Leases, Op, Put, Range
 from fleetpy.watchplan import (
     Claim,
     ClusterUnit,
@@ -30,20 +30,10 @@ from fleetpy.watchplan import (
 log = logging.getLogger(__name__)
 
 
-class WatchedStore:
+class WatchedStore(Leases):
     def __init__(self, client: Client, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-
-    async def grant_lease(self, ttl: int) -> int:
-        return await self.client.grant(ttl)
-
-    async def keepalive_lease(self, lease: int) -> int:
-        """The lease's new TTL, 0 if it no longer exists."""
-        return await self.client.keepalive(lease)
-
-    async def revoke_lease(self, lease: int) -> None:
-        await self.client.revoke(lease)
 
     async def register_owner(self, owner: str, lease: int, machine: str, directory: str) -> None:
         """Say that ``owner``'s watcher runs, for as long as ``lease`` lives."""
