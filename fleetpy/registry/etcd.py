@@ -22,6 +22,7 @@ import aetcd.watcher
 import grpc
 from aetcd import rpc
 
+from fleetpy.config import is_loopback
 from fleetpy.errors import ConfigError, RegistryAccessDenied, RegistryUnavailable
 from fleetpy.metrics import Metrics
 from fleetpy.registry.ops import KV, Compacted, Compare, Delete, Event, Op, Put, Range, TxnResult
@@ -313,11 +314,7 @@ class EtcdClient:
                 "etcd_cafile, etcd_certfile or etcd_keyfile is set but etcd_servers use http://: "
                 "use https:// endpoints for TLS"
             )
-        if (
-            password
-            and secure == {False}
-            and not all(e.target.rsplit(":", 1)[0] in ("127.0.0.1", "[::1]", "localhost") for e in parsed)
-        ):
+        if password and secure == {False} and not all(is_loopback(e.target.rsplit(":", 1)[0]) for e in parsed):
             log.warning(
                 "etcd_password is sent in clear over http:// to %s: use https:// endpoints", ", ".join(endpoints)
             )
