@@ -65,18 +65,21 @@ async def test_list_unit_files_shows_fleets_hash_for_hello_service(cluster: Clus
     cluster.ctl("destroy", "hello.service", check=True)
 
 
-async def _etcd_keys(cluster: Cluster) -> list[str]:
+async def _etcd_contents(cluster: Cluster) -> list[tuple[str, int]]:
+    """Every key of the cluster with the revision that last wrote it, but for what hosts keep writing by themselves
+    (their machine records and unit states, on their leases)."""
+    keys = Keys(cluster.prefix)
+    live = (keys.machines, keys.states_all)
     client = cluster.registry_client()
     try:
-        _, kvs = await client.get_prefix(Keys(cluster.prefix).units)
-        _, bodies = await client.get_prefix(Keys(cluster.prefix).bodies)
-        return sorted(kv.key for kv in kvs + bodies)
+        _, kvs = await client.get_prefix(f"{cluster.prefix}/")
+        return sorted((kv.key, kv.mod_revision) for kv in kvs if not kv.key.startswith(live))
     finally:
         await client.close()
 
 
 async def test_submitting_a_malformed_file_names_the_problem_and_writes_nothing(cluster: Cluster, tmp_path) -> None:
-    before = await _etcd_keys(cluster)
+    before = await _etcd_contents(cluster)
     cases = [
         ("bad-line.service", "[Service]\nExecStart=/bin/true\nnonsense upon stilts\n", "nonsense upon stilts"),
         ("foo.servICE", "[Service]\nExecStart=/bin/true\n", 'invalid unit type: "servICE"'),
@@ -87,7 +90,7 @@ async def test_submitting_a_malformed_file_names_the_problem_and_writes_nothing(
         assert result.code == 1, (name, result)
         assert problem in result.err, (name, result.err)
         assert result.out == ""
-    assert await _etcd_keys(cluster) == before
+    assert await _etcd_contents(cluster) == before
 
 
 async def test_killing_a_host_moves_its_unit_and_the_machine_leaves(cluster: Cluster, tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from tests.cluster.test_end_to_end import LOOP, placed_machine
@@ -46,5 +47,14 @@ async def test_units_keep_running_through_an_etcd_outage_and_the_cluster_recover
     assert (await unit_status(machine.bus, "outage-after.service"))[1] == "active"
     for name in names:
         assert await main_pid(where[name].bus, name) == pids[name], f"{name} was restarted after the outage"
-        assert "launched" in cluster.ctl("list-unit-files", check=True).out
+
+    # The units from before are still launched where they ran, and their machines published their states again.
+    async def converged() -> bool:
+        files = json.loads(cluster.ctl("list-unit-files", "-o", "json", check=True).out)
+        states = json.loads(cluster.ctl("list-units", "-o", "json", check=True).out)
+        placed = {f["unit"]: (f["state"], f["target"]) for f in files}
+        running = {(s["unit"], s["machine"]) for s in states if (s["active"], s["sub"]) == ("active", "running")}
+        return all(placed.get(n) == ("launched", where[n].id) and (n, where[n].id) in running for n in names)
+
+    await wait_for(converged, timeout=15, what="the units from before the outage to be launched and reported again")
     cluster.ctl("destroy", *names, "outage-after.service", check=True)
