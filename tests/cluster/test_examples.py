@@ -163,6 +163,14 @@ async def test_03_metadata_placement(demo: Cluster, tmp_path) -> None:
     assert await runs_on(demo, "west.service") == [with_metadata(demo, "region=west")]
     assert await runs_on(demo, "fast-east.service") == [with_metadata(demo, "region=east,disk=ssd")]
     readme.run("fleetpyctl list-units")
+    # The README's prose: a unit that no machine matches is not placed and shows no target.
+    nowhere = os.path.join(str(tmp_path), "north.service")
+    with open(nowhere, "w") as handle:
+        handle.write("[Service]\nExecStart=/bin/sleep 600\n\n[X-Fleet]\nMachineMetadata=region=north\n")
+    demo.ctl("start", "--no-block", nowhere, check=True)
+    listing = rows(demo.ctl("list-unit-files", "--no-legend", "--fields", "unit,dstate,target", check=True).out)
+    assert ["north.service", "launched", "-"] in listing
+    demo.ctl("destroy", "north.service", check=True)
     readme.run("fleetpyctl destroy")
     await stopped_everywhere(demo, "west.service")
     await stopped_everywhere(demo, "fast-east.service")
@@ -240,7 +248,13 @@ async def test_06_watched_directory(demo: Cluster, tmp_path) -> None:
 
     readme.run("rm /tmp/fleetpy-dev/units.d/broken.service")
     await stopped_everywhere(demo, "clock.service")
+
+    async def clock_destroyed() -> bool:
+        return "clock.service" not in readme.run("fleetpyctl list-unit-files").out
+
+    await wait_for(clock_destroyed, timeout=30, what="clock.service to be destroyed, not only stopped")
     assert await hosts_running(demo, "greeter-en.service") == [english]
+    assert await hosts_running(demo, "greeter-fr.service") == [french]
     readme.run("rm /tmp/fleetpy-dev/units.d/greeter.service.j2")
     await stopped_everywhere(demo, "greeter-en.service")
     await stopped_everywhere(demo, "greeter-fr.service")
@@ -277,4 +291,11 @@ async def test_07_cloud_config_new_host(demo: Cluster, tmp_path) -> None:
         host.send_signal(signal.SIGINT)
         output, _ = host.communicate(timeout=60)
     assert host.returncode == 0, output
+
+    async def without_machine() -> bool:  # once the removed host's lease is gone
+        listing = rows(demo.ctl("list-unit-files", "--no-legend", "--fields", "unit,target", check=True).out)
+        return ["extra.service", "-"] in listing
+
+    await wait_for(without_machine, timeout=30, what="extra.service to have no machine once the host is gone")
+    assert await hosts_running(demo, "extra.service") == []
     demo.ctl("destroy", "extra.service", check=True)
