@@ -13,7 +13,7 @@ from fleetpy.client import Client
 from fleetpy.cloudconfig import render_unit_files
 from fleetpy.config import build_settings, parse_config_text
 from fleetpy.devcluster import EtcdServer, SandboxHost
-from tests.support import ROOT, systemd_at, unit_status, wait_for
+from tests.support import ROOT, main_pid, systemd_at, unit_status, wait_for
 
 UNITS = os.path.join(ROOT, "units")
 
@@ -120,5 +120,22 @@ async def test_fleetpyd_runs_socket_activated_under_its_units_in_a_sandbox_host(
         await wait_for(listening, timeout=30, what="systemd to listen on fleetpyd.socket again")
         await wait_for(registered, timeout=60, interval=0.3, what="the API to answer again after a restart")
         assert await unit_status(host.bus, "fleetpyd.service") == ("loaded", "active", "running")
+
+        # Restart=on-failure: a daemon killed by a signal is started again by systemd.
+        killed = await main_pid(host.bus, "fleetpyd.service")
+        assert killed > 0
+        kill = ["org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager"]
+        subprocess.run(
+            ["busctl", f"--address={host.bus}", "call", *kill, "KillUnit", "ssi", "fleetpyd.service", "main", "9"],
+            check=True,
+        )
+
+        async def restarted() -> int:
+            pid = await main_pid(host.bus, "fleetpyd.service")
+            running = await unit_status(host.bus, "fleetpyd.service") == ("loaded", "active", "running")
+            return pid if running and pid not in (0, killed) else 0
+
+        await wait_for(restarted, timeout=60, interval=0.3, what="systemd to restart the killed fleetpyd")
+        await wait_for(registered, timeout=60, interval=0.3, what="the API to answer after systemd restarted it")
     finally:
         host.kill()
