@@ -135,8 +135,8 @@ async def test_start_up_reconciles_the_directory_against_the_cluster(registry: E
 
         await wait_for(both, timeout=20, what="both units to be created")
 
-    # While no watcher runs: one file changes, one goes, one appears. Claims hang on the watcher's lease,
-    # which close() revoked; the markers say the units are the directory's.
+    # While no watcher runs: one file changes, one goes, one appears. close() revoked the watcher's lease (its
+    # owner key and errors); its claims and the markers stay and say which units are the directory's.
     put(directory, "keep.service", B)
     os.unlink(os.path.join(directory, "gone.service"))
     put(directory, "new.service", A)
