@@ -105,8 +105,9 @@ class Keys:
     def unplaced(self, unit: str) -> str:
         return f"{self.unplaced_all}{unit}"
 
-    # watched directories: P/watched/units/<unit> marks a unit a watched directory created (permanent, with the
-    # unit); P/watched/claims/<unit>/<owner> is what each watcher's directory wants of it (permanent);
+    # watched directories: P/watched/units/<unit> marks a unit a watched directory created (put only with the
+    # unit, so its mod revision is the unit's create revision; deleted with it by a watcher, left behind by other
+    # ways of destroying it); P/watched/claims/<unit>/<owner> is what each watcher's directory wants of it (permanent);
     # P/watched/owners/<owner> and P/watched/errors/<owner>/<file> live on their watcher's lease
     @property
     def watched_units(self) -> str:

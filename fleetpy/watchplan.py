@@ -10,8 +10,11 @@ A pass of the watcher (``fleetpy.watchdir``) reads the directory and the cluster
   conflicts to report against files.
 
 Ownership. A directory owns only the units a watched directory created: such a unit carries a marker
-(``P/watched/units/<unit>``) written in the same transaction that created it, and no watched directory ever
-changes or destroys a unit without one. Every watcher (an *owner*: a machine and a directory) also keeps a claim
+(``P/watched/units/<unit>``) written in the same transaction that created it and never rewritten, so the
+marker's revision is the unit's creation revision, and no watched directory ever changes or destroys a unit
+without a marker of its own creation. A marker outlives a unit destroyed by other means (``fleetpyctl destroy``,
+any etcd client deleting the key); a unit of that name submitted again by other means is created later than
+the marker, so it is not the directory's. Every watcher (an *owner*: a machine and a directory) also keeps a claim
 per unit (``P/watched/claims/<unit>/<owner>``: the hash its file wants and the file's name). Claims are
 permanent, so a watcher that restarts knows which units its directory held and reconciles them (a file removed
 meanwhile destroys its unit); whether an owner is *live* is a key on its lease (``P/watched/owners/<owner>``),
@@ -283,7 +286,7 @@ class WatchError:
 class ClusterUnit:
     hash: str
     revision: int  # the mod revision of P/units/<name>: every write compares it
-    marked: bool  # created by a watched directory
+    created: int  # its create revision: which unit of that name this is (destroyed and submitted again: another)
 
 
 @dataclass(frozen=True)
@@ -291,14 +294,21 @@ class WatchSnapshot:
     """The cluster as a watcher sees it, read at one revision."""
 
     units: Mapping[str, ClusterUnit] = field(default_factory=dict)
-    markers: frozenset[str] = frozenset()  # may outlive a unit destroyed by other means
+    markers: Mapping[str, int] = field(default_factory=dict)  # unit → the revision its marker was written at
     claims: Mapping[str, Mapping[str, Claim]] = field(default_factory=dict)  # unit → owner → claim
     live: frozenset[str] = frozenset()  # owners whose watcher runs
+
+    def marked(self, name: str) -> bool:
+        """Whether the unit ``name`` exists and a watched directory created it: its marker was written in the
+        transaction that created this unit, not for an earlier unit of that name (module docstring)."""
+        current = self.units.get(name)
+        return current is not None and self.markers.get(name) == current.created
 
 
 @dataclass(frozen=True, slots=True)
 class Create:
-    """Create the unit with its marker and our claim, if no unit of that name exists."""
+    """Create the unit with its marker (written anew: a marker left by a destroyed unit counts no more) and our
+    claim, if no unit of that name exists."""
 
     wanted: WantedUnit
     reason: str
@@ -310,7 +320,8 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Replace:
-    """Replace the unit's content (and launch it) and record our claim, if it is still at ``revision``."""
+    """Replace the unit's content (and launch it) and record our claim, if it is still at ``revision``. The
+    marker stays as it was written when the unit was created."""
 
     wanted: WantedUnit
     revision: int
@@ -370,7 +381,7 @@ def watch_plan(owner: str, directory: DirectoryUnits, snapshot: WatchSnapshot) -
         want = Claim(owner, wanted.unit.hash, wanted.file)
         if current is None:
             actions.append(Create(wanted, "its file is in the directory and the cluster has no such unit"))
-        elif not current.marked:
+        elif not snapshot.marked(name):
             conflicts[wanted.file] = (
                 f"unit {name} exists in the cluster and was not created by a watched directory: "
                 "it is left as it is (destroy it with fleetpyctl to let the directory manage it)"
@@ -397,7 +408,7 @@ def watch_plan(owner: str, directory: DirectoryUnits, snapshot: WatchSnapshot) -
             continue  # a held file is invalid or being written: its units stay exactly as they are
         current = snapshot.units.get(name)
         others = _live_others(owner, name, snapshot)
-        if current is not None and current.marked and not others:
+        if current is not None and snapshot.marked(name) and not others:
             actions.append(Destroy(name, current.revision, f"its file {claim.file} is gone"))
         else:
             forget = current is None and not others

@@ -3,8 +3,10 @@ the errors it reports.
 
 Each action of ``watchplan`` is one transaction that compares the unit's revision with the one the plan saw
 (or its creation revision with 0), so two watchers, or a watcher and ``fleetpyctl``, never overwrite each
-other: the loser's transaction changes nothing and its next pass looks again. The owner key and the errors are
-written on the watcher's own lease, so they disappear with a watcher that is gone; claims are permanent.
+other: the loser's transaction changes nothing and its next pass looks again. A unit's marker is put only by
+the transaction that creates the unit, so its mod revision is the unit's create revision for as long as that
+unit lives, whoever destroys it later and however. The owner key and the errors are written on the watcher's
+own lease, so they disappear with a watcher that is gone; claims are permanent.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class WatchedStore(Leases):
             Range(keys.watched_claims, prefix=True),
             Range(keys.watched_owners, prefix=True, keys_only=True),
         )
-        markers = frozenset(Keys.tail(kv.key, keys.watched_units) for kv in result.ranges[1])
+        markers = {Keys.tail(kv.key, keys.watched_units): kv.mod_revision for kv in result.ranges[1]}
         units = {}
         for kv in result.ranges[0]:
             name = Keys.tail(kv.key, keys.units)
@@ -57,7 +59,7 @@ class WatchedStore(Leases):
             except ValueError as exc:
                 log.warning("ignoring %s: %s", kv.key, exc)
                 continue
-            units[name] = ClusterUnit(record.hash, kv.mod_revision, name in markers)
+            units[name] = ClusterUnit(record.hash, kv.mod_revision, kv.create_revision)
         claims: dict[str, dict[str, Claim]] = {}
         for kv in result.ranges[2]:
             unit, owner = Keys.split_pair(kv.key, keys.watched_claims)
@@ -75,17 +77,16 @@ class WatchedStore(Leases):
             wanted = action.wanted
             record = wanted.record
             claim = Claim(owner, record.hash, wanted.file)
-            compare = (
-                Compare(keys.unit(record.name), "create", "==", 0)
-                if isinstance(action, Create)
-                else Compare(keys.unit(record.name), "mod", "==", action.revision)
-            )
             ops: list[Op] = [
                 Put(keys.body(record.hash), wanted.unit.text.encode()),
                 Put(keys.unit(record.name), codec.encode_unit(record)),
-                Put(keys.watched_unit(record.name), b""),
                 Put(keys.watched_claim(record.name, owner), codec.encode_claim(claim)),
             ]
+            if isinstance(action, Create):
+                compare = Compare(keys.unit(record.name), "create", "==", 0)
+                ops.append(Put(keys.watched_unit(record.name), b""))  # at the unit's create revision
+            else:  # the marker keeps the revision of the unit's creation
+                compare = Compare(keys.unit(record.name), "mod", "==", action.revision)
             return (await self.client.txn([compare], ops)).succeeded
         if isinstance(action, PutClaim):
             unit_key = keys.unit(action.unit)

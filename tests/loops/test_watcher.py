@@ -8,6 +8,9 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from functools import partial
+
+import pytest
 
 from fleetpy.model import DesiredState, UnitRecord
 from fleetpy.registry.store import EtcdRegistry
@@ -30,8 +33,11 @@ def put(directory: str, name: str, text: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def watching(registry: EtcdRegistry, directory: str, machine: str) -> AsyncIterator[Watcher]:
-    watcher = Watcher(WatchedStore(registry.client, registry.keys), directory, machine=machine, ttl=5, interval=0.5)
+async def watching(
+    registry: EtcdRegistry, directory: str, machine: str, interval: float = 0.5
+) -> AsyncIterator[Watcher]:
+    store = WatchedStore(registry.client, registry.keys)
+    watcher = Watcher(store, directory, machine=machine, ttl=5, interval=interval)
     task = asyncio.create_task(watcher.run())
     try:
         yield watcher
@@ -129,8 +135,8 @@ async def test_start_up_reconciles_the_directory_against_the_cluster(registry: E
 
         await wait_for(both, timeout=20, what="both units to be created")
 
-    # While no watcher runs: one file changes, one goes, one appears. Claims hang on the watcher's lease,
-    # which close() revoked; the markers say the units are the directory's.
+    # While no watcher runs: one file changes, one goes, one appears. close() revoked the watcher's lease (its
+    # owner key and errors); its claims and the markers stay and say which units are the directory's.
     put(directory, "keep.service", B)
     os.unlink(os.path.join(directory, "gone.service"))
     put(directory, "new.service", A)
@@ -162,3 +168,94 @@ async def test_a_missing_directory_holds_every_unit(registry: EtcdRegistry, tmp_
         await wait_for(reported, timeout=20, what="the missing directory to be reported")
         await asyncio.sleep(1.5)
         assert "a.service" in await hashes(registry), "a missing directory destroyed its units"
+
+
+async def conflict_of(registry: EtcdRegistry, file: str) -> str:
+    return next((e.message for e in await registry.list_watch_errors() if e.file == file), "")
+
+
+async def identity(registry: EtcdRegistry, name: str) -> tuple[int, str] | None:
+    view = await registry.get_unit(name)
+    return (view.revision, view.record.hash) if view is not None else None
+
+
+@pytest.mark.parametrize(
+    "destroy",
+    [
+        pytest.param("registry", id="destroyed as fleetpyctl destroy does"),
+        pytest.param("etcd", id="its key deleted by another etcd client"),
+    ],
+)
+async def test_a_unit_destroyed_and_submitted_again_by_hand_is_no_longer_the_directorys(
+    registry: EtcdRegistry, tmp_path, destroy: str
+) -> None:
+    directory = str(tmp_path)
+    put(directory, "x.service", A)
+    put(directory, "y.service", A)
+    hand = UnitFile.from_text(B)
+
+    async def by_hand(name: str) -> tuple[int, str] | None:
+        """Destroy the directory's unit and submit other content under its name, as fleetpyctl does."""
+        if destroy == "registry":
+            assert await registry.destroy_unit(name)
+        else:
+            await registry.client.delete(registry.keys.unit(name))
+        assert await registry.create_unit(UnitRecord(name, hand.hash, DesiredState.LAUNCHED), hand.text)
+        return await identity(registry, name)
+
+    # A long tick: passes run at start, on file events and when woken here, never between the two steps by hand.
+    async with watching(registry, directory, "m1", interval=300) as watcher:
+
+        async def created() -> bool:
+            return set(await hashes(registry)) == {"x.service", "y.service"}
+
+        await wait_for(created, timeout=20, what="both units to be created from their files")
+        x = await by_hand("x.service")
+        watcher.reconciler.wake()  # the next pass, as the tick would run it
+        message = await wait_for(partial(conflict_of, registry, "x.service"), timeout=10, what="x.service reported")
+        assert "was not created by a watched directory" in message
+        assert await identity(registry, "x.service") == x, "the directory overwrote a unit submitted by hand"
+
+    # While no watcher runs, y.service is submitted again by hand and its file removed.
+    y = await by_hand("y.service")
+    os.unlink(os.path.join(directory, "y.service"))
+    async with watching(registry, directory, "m1", interval=300):
+        message = await wait_for(partial(conflict_of, registry, "x.service"), timeout=10, what="a restarted pass")
+        assert "was not created by a watched directory" in message
+        assert await identity(registry, "x.service") == x, "the restarted directory overwrote a unit made by hand"
+        assert await identity(registry, "y.service") == y, "the restarted directory destroyed a unit made by hand"
+
+        os.unlink(os.path.join(directory, "x.service"))
+
+        async def released() -> bool:
+            return not await conflict_of(registry, "x.service")
+
+        await wait_for(released, timeout=10, what="the report to go with the file")
+        assert await identity(registry, "x.service") == x, "removing the file destroyed a unit made by hand"
+
+
+async def test_a_unit_destroyed_by_hand_and_created_again_by_its_directory_stays_the_directorys(
+    registry: EtcdRegistry, tmp_path
+) -> None:
+    directory = str(tmp_path)
+    put(directory, "x.service", A)
+    async with watching(registry, directory, "m1", interval=300) as watcher:
+
+        async def content() -> str:
+            return (await hashes(registry)).get("x.service", ("", ""))[0]
+
+        async def holds(text: str) -> bool:
+            return await content() == UnitFile.from_text(text).hash
+
+        await wait_for(partial(holds, A), timeout=20, what="x.service to be created from its file")
+        assert await registry.destroy_unit("x.service")  # its marker stays behind
+        watcher.reconciler.wake()
+        await wait_for(partial(holds, A), timeout=10, what="the directory to create x.service again")
+        put(directory, "x.service", B)
+        await wait_for(partial(holds, B), timeout=10, what="an edit of its file to replace it")
+        os.unlink(os.path.join(directory, "x.service"))
+
+        async def destroyed() -> bool:
+            return not await content()
+
+        await wait_for(destroyed, timeout=10, what="removing its file to destroy it")

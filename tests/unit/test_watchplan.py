@@ -163,6 +163,10 @@ def wanted(**units: str) -> DirectoryUnits:
 H_A, H_B = UnitFile.from_text(A).hash, UnitFile.from_text(B).hash
 
 
+OURS = ClusterUnit(H_A, 7, created=5)  # created at revision 5 by a watched directory (marker at 5), changed at 7
+MARKED = {"a.service": 5}
+
+
 def kinds(actions: tuple[WatchAction, ...]) -> list[tuple[str, str]]:
     return [(type(a).__name__, a.unit) for a in actions]
 
@@ -173,7 +177,7 @@ def test_a_new_file_creates_its_unit() -> None:
 
 
 def test_a_unit_not_created_by_a_watched_directory_is_never_touched() -> None:
-    snapshot = WatchSnapshot(units={"a.service": ClusterUnit(H_B, 7, marked=False)})
+    snapshot = WatchSnapshot(units={"a.service": ClusterUnit(H_B, 7, created=7)})
     plan = watch_plan(ME, wanted(a__service=A), snapshot)
     assert plan.actions == ()
     assert "was not created by a watched directory" in plan.conflicts["a.service"]
@@ -182,8 +186,8 @@ def test_a_unit_not_created_by_a_watched_directory_is_never_touched() -> None:
 
 def test_a_changed_file_replaces_the_unit_at_its_revision() -> None:
     snapshot = WatchSnapshot(
-        units={"a.service": ClusterUnit(H_A, 7, marked=True)},
-        markers=frozenset({"a.service"}),
+        units={"a.service": OURS},
+        markers=MARKED,
         claims={"a.service": {ME: Claim(ME, H_A, "a.service")}},
     )
     (action,) = watch_plan(ME, wanted(a__service=B), snapshot).actions
@@ -194,8 +198,8 @@ def test_a_changed_file_replaces_the_unit_at_its_revision() -> None:
 def test_a_removed_file_destroys_its_unit_unless_another_directory_keeps_it() -> None:
     mine = {ME: Claim(ME, H_A, "a.service")}
     snapshot = WatchSnapshot(
-        units={"a.service": ClusterUnit(H_A, 7, marked=True)},
-        markers=frozenset({"a.service"}),
+        units={"a.service": OURS},
+        markers=MARKED,
         claims={"a.service": mine},
     )
     assert watch_plan(ME, wanted(), snapshot).actions == (Destroy("a.service", 7, "its file a.service is gone"),)
@@ -207,8 +211,8 @@ def test_a_removed_file_destroys_its_unit_unless_another_directory_keeps_it() ->
 
 def test_an_invalid_file_keeps_its_units_as_they_are() -> None:
     snapshot = WatchSnapshot(
-        units={"a.service": ClusterUnit(H_A, 7, marked=True)},
-        markers=frozenset({"a.service"}),
+        units={"a.service": OURS},
+        markers=MARKED,
         claims={"a.service": {ME: Claim(ME, H_A, "a.service")}},
     )
     plan = watch_plan(ME, wanted(a__service="[Service]\nbroken\n"), snapshot)
@@ -216,15 +220,29 @@ def test_an_invalid_file_keeps_its_units_as_they_are() -> None:
 
 
 def test_a_unit_destroyed_by_other_means_is_created_again_while_its_file_is_there() -> None:
-    snapshot = WatchSnapshot(markers=frozenset({"a.service"}), claims={"a.service": {ME: Claim(ME, H_A, "a.service")}})
+    snapshot = WatchSnapshot(markers=MARKED, claims={"a.service": {ME: Claim(ME, H_A, "a.service")}})
     assert kinds(watch_plan(ME, wanted(a__service=A), snapshot).actions) == [("Create", "a.service")]
     assert watch_plan(ME, wanted(), snapshot).actions == (Release("a.service", True, "its file a.service is gone"),)
 
 
+def test_a_unit_destroyed_and_submitted_again_by_other_means_is_not_the_directorys() -> None:
+    """The marker of the unit the directory created outlives it; the unit submitted by hand is younger."""
+    snapshot = WatchSnapshot(
+        units={"a.service": ClusterUnit(H_B, 9, created=9)},
+        markers=MARKED,
+        claims={"a.service": {ME: Claim(ME, H_A, "a.service")}},
+    )
+    plan = watch_plan(ME, wanted(a__service=A), snapshot)
+    assert plan.actions == (Release("a.service", False, "the unit is not ours to manage"),)
+    assert "was not created by a watched directory" in plan.conflicts["a.service"]
+    plan = watch_plan(ME, wanted(), snapshot)
+    assert plan.actions == (Release("a.service", False, "its file a.service is gone"),), "never Destroy"
+
+
 def test_a_directory_does_not_overwrite_what_another_live_directory_still_wants() -> None:
     snapshot = WatchSnapshot(
-        units={"a.service": ClusterUnit(H_A, 7, marked=True)},
-        markers=frozenset({"a.service"}),
+        units={"a.service": OURS},
+        markers=MARKED,
         claims={"a.service": {ME: Claim(ME, H_A, "a.service"), OTHER: Claim(OTHER, H_A, "a.service")}},
         live=frozenset({ME, OTHER}),
     )
@@ -238,18 +256,26 @@ def test_a_directory_does_not_overwrite_what_another_live_directory_still_wants(
 
 
 class Cluster:
-    """An in-memory etcd for watch plans: applies actions with their compare-and-swap, counts unit writes."""
+    """An in-memory etcd for watch plans: applies actions with their compare-and-swap, as WatchedStore writes
+    them (a marker at the revision of its unit's creation), and counts unit writes."""
 
     def __init__(self) -> None:
         self.units: dict[str, ClusterUnit] = {}
-        self.markers: set[str] = set()
+        self.markers: dict[str, int] = {}
         self.claims: dict[str, dict[str, Claim]] = {}
         self.revision = 1
         self.writes = 0
 
     def snapshot(self) -> WatchSnapshot:
         claims = {u: dict(c) for u, c in self.claims.items()}
-        return WatchSnapshot(dict(self.units), frozenset(self.markers), claims, frozenset({ME, OTHER}))
+        return WatchSnapshot(dict(self.units), dict(self.markers), claims, frozenset({ME, OTHER}))
+
+    def by_hand(self, name: str, unit_hash: str | None) -> None:
+        """``fleetpyctl destroy`` (the unit's key only), then ``fleetpyctl start`` if ``unit_hash``."""
+        self.revision += 1
+        self.units.pop(name, None)
+        if unit_hash is not None:
+            self.units[name] = ClusterUnit(unit_hash, self.revision, self.revision)
 
     def apply(self, owner: str, action: WatchAction) -> None:
         self.revision += 1
@@ -258,8 +284,10 @@ class Cluster:
             expected = 0 if isinstance(action, Create) else action.revision
             if (current.revision if current else 0) != expected:
                 return
-            self.units[action.unit] = ClusterUnit(action.wanted.unit.hash, self.revision, True)
-            self.markers.add(action.unit)
+            created = current.created if current else self.revision
+            self.units[action.unit] = ClusterUnit(action.wanted.unit.hash, self.revision, created)
+            if isinstance(action, Create):
+                self.markers[action.unit] = self.revision
             self.claims.setdefault(action.unit, {})[owner] = Claim(owner, action.wanted.unit.hash, action.wanted.file)
             self.writes += 1
         elif isinstance(action, PutClaim):
@@ -268,11 +296,11 @@ class Cluster:
         elif isinstance(action, Destroy):
             if current is not None and current.revision == action.revision:
                 del self.units[action.unit]
-                self.markers.discard(action.unit)
+                self.markers.pop(action.unit, None)
                 self.claims.pop(action.unit, None)
                 self.writes += 1
         elif action.forget:
-            self.markers.discard(action.unit)
+            self.markers.pop(action.unit, None)
             self.claims.pop(action.unit, None)
         else:
             self.claims.get(action.unit, {}).pop(owner, None)
@@ -322,7 +350,38 @@ def test_watchers_of_different_directories_settle(mine: dict, theirs: dict) -> N
 
 def test_a_unit_created_by_hand_survives_every_directory() -> None:
     cluster = Cluster()
-    cluster.units["hand.service"] = ClusterUnit(H_A, 1, marked=False)
+    cluster.units["hand.service"] = ClusterUnit(H_A, 1, created=1)
     cluster.run({ME: wanted(hand__service=B), OTHER: wanted()})
-    assert cluster.units["hand.service"] == ClusterUnit(H_A, 1, marked=False)
+    assert cluster.units["hand.service"] == ClusterUnit(H_A, 1, created=1)
     assert cluster.writes == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    first=directories,
+    second=directories,
+    by_hand=st.dictionaries(st.sampled_from(["a.service", "b.service", "c.service"]), contents, max_size=3),
+)
+def test_a_unit_destroyed_and_submitted_again_by_hand_survives_every_directory(
+    first: dict, second: dict, by_hand: dict
+) -> None:
+    cluster = Cluster()
+    cluster.run({ME: wanted(**first), OTHER: wanted(**first)})
+    for name, text in by_hand.items():  # the directories' units among them keep their markers
+        cluster.by_hand(name, UnitFile.from_text(text).hash)
+    before = dict(cluster.units)
+    cluster.run({ME: wanted(**second), OTHER: wanted(**first)})
+    cluster.run({ME: wanted(), OTHER: wanted()})
+    assert {name: cluster.units.get(name) for name in by_hand} == {name: before[name] for name in by_hand}
+
+
+def test_a_unit_destroyed_by_hand_and_created_again_by_its_directory_is_the_directorys() -> None:
+    cluster = Cluster()
+    cluster.run({ME: wanted(a__service=A)})
+    cluster.by_hand("a.service", None)
+    cluster.run({ME: wanted(a__service=A)})
+    assert cluster.markers["a.service"] == cluster.units["a.service"].created, "its marker was written anew"
+    cluster.run({ME: wanted(a__service=B)})
+    assert cluster.units["a.service"].hash == H_B, "an edit of its file replaces it"
+    cluster.run({ME: wanted()})
+    assert cluster.units == {}, "and removing its file destroys it"
