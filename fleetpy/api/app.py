@@ -237,12 +237,12 @@ async def read_body(request: web.Request, limit: int = MAX_BODY) -> bytes:
     are held)."""
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    raw = b""
+    raw = bytearray()  # appending to bytes would copy everything read so far for every chunk
     while chunk := await request.content.read(limit + 1 - len(raw)):
         raw += chunk
         if len(raw) > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
-    return raw
+    return bytes(raw)
 
 
 async def _read_json(request: web.Request, limit: int = MAX_BODY) -> dict[str, Any]:

@@ -36,20 +36,47 @@ PREFIX = "/fleetpy/v1"
 MAX_UNITS = 100_000
 
 
-def _parse(item: Any, index: int) -> tuple[str, list[Any], DesiredState | None]:
+def _parse(item: Any, index: int) -> tuple[str, UnitFile | None, DesiredState | None]:
+    """The name, unit file (``None`` without options) and desired state of one item; ``BadRequest`` naming it."""
     if not isinstance(item, dict):
         raise BadRequest(f"units[{index}] must be an object")
     name = item.get("name")
     if not isinstance(name, str):
         raise BadRequest(f"units[{index}].name must be a string")
-    desired = item.get("desiredState") or ""
-    if not isinstance(desired, str):
-        raise BadRequest(f"units[{index}].desiredState must be a string")
     try:
         validate_name(name)
     except InvalidUnit as exc:
         raise BadRequest(f"units[{index}] ({name!r}): {exc}") from None
-    return name, schema.parse_options(item.get("options")), _desired(desired)
+    try:
+        desired = item.get("desiredState")
+        if desired is not None and not isinstance(desired, str):
+            raise BadRequest("desiredState must be a string")
+        options = schema.parse_options(item.get("options"))
+        return name, _unit_from_options(options) if options else None, _desired(desired or "")
+    except (BadRequest, InvalidUnit) as exc:
+        raise BadRequest(f"units[{index}] ({name}): {exc}") from None
+
+
+def _write(
+    name: str, unit: UnitFile | None, desired: DesiredState | None, found: tuple[UnitRecord, int] | None
+) -> tuple[str, tuple[UnitRecord, str, int] | None]:
+    """What ``PUT /fleet/v1/units/<name>`` would do with one item: the count it adds to and what to write."""
+    if found is None:
+        if unit is None:
+            raise BadRequest("unit does not exist and options field empty")
+        state = desired or DesiredState.INACTIVE
+        _check_template(name, state)
+        return "created", (_record(name, unit, state), unit.text, 0)
+    record, revision = found
+    if unit is not None and unit.hash != record.hash:
+        state = desired or DesiredState.INACTIVE
+        _check_template(name, state)
+        return "replaced", (_record(name, unit, state), unit.text, revision)
+    if desired is not None and desired != record.desired:
+        _check_template(name, desired)
+        updated = UnitRecord(record.name, record.hash, desired, record.is_global, record.requirements)
+        return "updated", (updated, "", revision)
+    return "unchanged", None
 
 
 async def post_units(request: web.Request) -> web.StreamResponse:
@@ -66,38 +93,19 @@ async def post_units(request: web.Request) -> web.StreamResponse:
     seen: set[str] = set()
     parsed: list[UnitFile] = []
     for index, item in enumerate(raw):
-        name, options, desired = _parse(item, index)
+        name, unit, desired = _parse(item, index)
         if name in seen:
             raise BadRequest(f"units[{index}]: {name} appears twice in the batch")
         seen.add(name)
         try:
-            unit = _unit_from_options(options) if options else None
-        except InvalidUnit as exc:
+            kind, write = _write(name, unit, desired, existing.get(name))
+        except BadRequest as exc:
             raise BadRequest(f"units[{index}] ({name}): {exc}") from None
+        counts[kind] += 1
+        if write is not None:
+            writes.append(write)
         if unit is not None:
             parsed.append(unit)
-        found = existing.get(name)
-        if found is None:
-            if unit is None:
-                raise BadRequest(f"units[{index}] ({name}): unit does not exist and options field empty")
-            state = desired or DesiredState.INACTIVE
-            _check_template(name, state)
-            writes.append((_record(name, unit, state), unit.text, 0))
-            counts["created"] += 1
-            continue
-        record, revision = found
-        if unit is not None and unit.hash != record.hash:
-            state = desired or DesiredState.INACTIVE
-            _check_template(name, state)
-            writes.append((_record(name, unit, state), unit.text, revision))
-            counts["replaced"] += 1
-        elif desired is not None and desired != record.desired:
-            _check_template(name, desired)
-            updated = UnitRecord(record.name, record.hash, desired, record.is_global, record.requirements)
-            writes.append((updated, "", revision))
-            counts["updated"] += 1
-        else:
-            counts["unchanged"] += 1
     await registry.write_units(writes)
     settings = request.app[SETTINGS]
     for unit in parsed:

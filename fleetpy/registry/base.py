@@ -147,7 +147,8 @@ class ApiRegistry(RelayRegistry, Protocol):
         """Every unit record with its mod revision."""
 
     async def write_units(self, items: Sequence[tuple[UnitRecord, str, int]]) -> int:
-        """Create or overwrite units in batched transactions, each unit compared on its revision."""
+        """Create or overwrite units in batched transactions, each unit compared on its revision; the number
+        of transactions. ``InvalidUnit`` (nothing written) for a unit too large for one etcd request."""
 
     async def destroy_unit(self, name: str) -> bool:
         """Delete the unit; ``False`` if there was none."""

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+# Keys and values in one transaction: etcd refuses a request over its --max-request-bytes (1.5 MiB by default)
+# whatever its number of operations; the rest is left for protobuf framing.
+MAX_TXN_BYTES = 1280 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from fleetpy.errors import Conflict, LeadershipLost
+from fleetpy.errors import Conflict, InvalidUnit, LeadershipLost
 from fleetpy.keys import Keys
 from fleetpy.metrics import Metrics
 from fleetpy.model import Machine, MachineID, ScheduleEntry, UnitRecord, UnitState, UnitView, merge_metadata
 from fleetpy.plan import EngineAction, Unschedule
 from fleetpy.registry import codec
 from fleetpy.registry.mirror import Mirror, Prefix
-from fleetpy.registry.ops import KV, MAX_TXN_OPS, Client, Compare, Delete, Leases, Op, Put, Range
+from fleetpy.registry.ops import KV, MAX_TXN_BYTES, MAX_TXN_OPS, Client, Compare, Delete, Leases, Op, Put, Range
 from fleetpy.registry.watched import WatchedStore
 from fleetpy.relay import RelayRequest, decode_request, encode_request
 from fleetpy.watchplan import WatchError
@@ -220,26 +220,34 @@ class EtcdRegistry(Leases):
         """Create or overwrite many units in as few transactions as etcd allows; return how many transactions.
 
         Each item is (record, body, revision): the unit's mod revision when it was read, 0 if it must not exist
-        yet; an empty body means the body is already stored. ``Conflict`` if any unit changed meanwhile (the
-        transactions before it have been applied).
+        yet; an empty body means the body is already stored. ``InvalidUnit`` (nothing written) if a unit and its
+        body are too large for one etcd request. ``Conflict`` if any unit changed meanwhile (the transactions
+        before it have been applied).
         """
         per_txn = MAX_TXN_OPS // 2  # a unit needs its record and, at most, one body
-        txns = []
-        for start in range(0, len(items), per_txn):
-            compares = []
-            ops: list[Op] = []
-            bodies: dict[str, str] = {}
-            for record, body, revision in items[start : start + per_txn]:
-                key = self.keys.unit(record.name)
-                compares.append(Compare(key, "mod", "==", revision) if revision else Compare(key, "create", "==", 0))
-                if body:
-                    bodies.setdefault(record.hash, body)
-                ops.append(Put(key, codec.encode_unit(record)))
-            ops[:0] = [Put(self.keys.body(h), text.encode()) for h, text in bodies.items()]
-            txns.append((compares, ops))
+        txns: list[tuple[list[Compare], dict[str, Put], list[Put]]] = []  # compares, bodies by key, records
+        size = 0
+        for record, body, revision in items:
+            key = self.keys.unit(record.name)
+            put = Put(key, codec.encode_unit(record))
+            stored = Put(self.keys.body(record.hash), body.encode())
+            cost = 2 * len(key) + len(put.value) + (len(stored.key) + len(stored.value) if body else 0)
+            if cost > MAX_TXN_BYTES:
+                raise InvalidUnit(f"unit {record.name} is too large to store ({cost} bytes, at most {MAX_TXN_BYTES})")
+            if not txns or len(txns[-1][0]) == per_txn or size + cost > MAX_TXN_BYTES:
+                txns.append(([], {}, []))
+                size = 0
+            compares, bodies, records = txns[-1]
+            compares.append(Compare(key, "mod", "==", revision) if revision else Compare(key, "create", "==", 0))
+            if body:
+                bodies.setdefault(stored.key, stored)
+            records.append(put)
+            size += cost
         # A few transactions in flight at once: etcd commits them together (fewer round trips and fsyncs).
         for start in range(0, len(txns), IN_FLIGHT):
-            results = await asyncio.gather(*(self.client.txn(c, o) for c, o in txns[start : start + IN_FLIGHT]))
+            results = await asyncio.gather(
+                *(self.client.txn(c, [*b.values(), *r]) for c, b, r in txns[start : start + IN_FLIGHT])
+            )
             if not all(r.succeeded for r in results):
                 raise Conflict("units changed while the batch was being written; the parts before were written")
         return len(txns)

@@ -9,12 +9,12 @@ import uuid
 import pytest
 
 from fleetpy.devcluster import EtcdServer
-from fleetpy.errors import Conflict, LeadershipLost, RegistryUnavailable
+from fleetpy.errors import Conflict, InvalidUnit, LeadershipLost, RegistryUnavailable
 from fleetpy.keys import Keys
 from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitRecord, UnitState
 from fleetpy.plan import Schedule, Unschedule
 from fleetpy.registry.etcd import EtcdClient, parse_endpoints
-from fleetpy.registry.ops import Compacted
+from fleetpy.registry.ops import MAX_TXN_BYTES, MAX_TXN_OPS, Compacted
 from fleetpy.registry.store import EtcdRegistry
 from fleetpy.unit import UnitFile
 from tests.support import wait_for
@@ -174,6 +174,47 @@ async def test_large_batches_are_split_at_etcds_transaction_limit(registry: Etcd
     assert revisions[-1] - before == 4
     _, kvs = await registry.client.get_prefix(registry.keys.schedule_all)
     assert len(kvs) == 200
+
+
+def sized_body(index: int, size: int) -> str:
+    """A unit file of about ``size`` bytes, its own for each ``index`` (lines stay under fleet's 2,048 bytes)."""
+    line = f"Environment=X={'x' * 1000}\n"
+    return f"[Service]\nExecStart=/bin/sleep {index}\n" + line * (size // len(line))
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "transactions"),
+    [
+        pytest.param(200, 100, 4, id="200 small units: 64 records and bodies per transaction"),
+        pytest.param(64, 100, 1, id="64 units fill one transaction of 128 operations"),
+        pytest.param(10, 300_000, 3, id="10 units of 300 KB: 4 per transaction, under etcd's request size"),
+    ],
+)
+async def test_write_units_splits_at_etcds_limits_and_counts_its_transactions(
+    registry: EtcdRegistry, count: int, size: int, transactions: int
+) -> None:
+    assert (MAX_TXN_OPS, MAX_TXN_BYTES // 300_000) == (128, 4)  # what the transaction counts rest on
+    bodies = [sized_body(i, size) for i in range(count)]
+    items = [(record(f"u{i}.service", body=body), body, 0) for i, body in enumerate(bodies)]
+    assert await registry.write_units(items) == transactions
+    _, kvs = await registry.client.get_prefix(registry.keys.units)
+    assert len(kvs) == count
+    assert len({kv.mod_revision for kv in kvs}) == transactions  # one revision per transaction
+    assert {h: await registry.get_body(h) for h in {r.hash for r, _, _ in items}} == {
+        r.hash: body for r, body, _ in items
+    }
+
+
+async def test_write_units_refuses_a_unit_too_large_for_one_request_before_writing_any(
+    registry: EtcdRegistry,
+) -> None:
+    small = sized_body(0, 100)
+    large = sized_body(1, MAX_TXN_BYTES + 2000)
+    items = [(record("small.service", body=small), small, 0), (record("large.service", body=large), large, 0)]
+    with pytest.raises(InvalidUnit, match=r"^unit large\.service is too large to store "):
+        await registry.write_units(items)
+    _, kvs = await registry.client.get_prefix(registry.keys.prefix + "/")
+    assert kvs == []
 
 
 async def test_a_mirror_follows_puts_and_deletes(registry: EtcdRegistry) -> None:

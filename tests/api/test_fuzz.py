@@ -36,6 +36,7 @@ from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
 from fleetpy.systemd.unitdir import UnitDirectory
 from fleetpy.unit import UNIT_TYPES, UnitFile, validate_name
+from tests.api.conftest import options_of
 
 EXAMPLES = 2000
 FUZZ = settings(
@@ -65,9 +66,16 @@ class Fuzz:
     ) -> int:
         """Send one request (``path`` exactly as given, percent-escapes and all) and check the invariants;
         the status."""
-        return int(self.run(self._request(method, path, data, headers or {})))
+        return self.call(method, path, data=data, headers=headers)[0]
 
-    async def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> int:
+    def call(
+        self, method: str, path: str, *, data: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """``request``, answering the status and the body."""
+        status, raw = self.run(self._request(method, path, data, headers or {}))
+        return int(status), bytes(raw)
+
+    async def _request(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
         url = URL(self.base + path, encoded=True)
         async with self.http.request(method, url, data=data, headers=headers) as response:
             raw = await response.read()
@@ -82,7 +90,7 @@ class Fuzz:
             assert isinstance(body["error"]["message"], str), raw
             assert revision == self.revision, f"{method} {path} was refused with {status} but wrote to etcd"
         self.revision = revision
-        return status
+        return status, raw
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +293,29 @@ def test_unit_names_in_the_api(fuzz: Fuzz, figure) -> None:
     counted(figure, "unit names in the API", seen["examples"], fuzz)
 
 
+def test_unit_names_on_the_relay_paths(fuzz: Fuzz, figure) -> None:
+    seen = Counter[str]()
+    kinds = st.sampled_from([("GET", "status"), ("GET", "journal"), ("POST", "restart"), ("POST", "status")])
+
+    @FUZZ
+    @given(names | st.just(SEEDED), kinds)
+    def call(name: str, kind: tuple[str, str]) -> None:
+        seen["examples"] += 1
+        method, what = kind
+        status = fuzz.request(method, f"/fleetpy/v1/units/{quote(name, safe='')}/{what}")
+        try:
+            validate_name(name)
+        except InvalidUnit:
+            assert status in (400, 404, 405), status  # refused before the registry is asked, or no such route
+            return
+        seen["valid"] += 1
+        assert status in (404, 405, 409), status  # no such unit, no such route, or a unit on no machine
+
+    call()
+    figure("valid names", seen["valid"])
+    counted(figure, "unit names on the relay paths", seen["examples"], fuzz)
+
+
 def test_unit_bodies(fuzz: Fuzz, figure) -> None:
     seen = Counter[str]()
     content_types = st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain", ""])
@@ -354,6 +385,51 @@ def test_plans(fuzz: Fuzz, figure) -> None:
 
     plan()
     counted(figure, "POST /fleetpy/v1/plan", seen["examples"], fuzz)
+
+
+def test_batches(fuzz: Fuzz, figure) -> None:
+    seen = Counter[str]()
+    texts = ["[Service]\nExecStart=/bin/true\n", "[Service]\nExecStart=/bin/false\n", "[X-Fleet]\nGlobal=true\n"]
+    valid_options = st.sampled_from(texts).map(options_of)
+    pool = st.sampled_from(["b1.service", "b2.service", "b@.service", "b@1.service", SEEDED])
+    well_formed = st.fixed_dictionaries(
+        {"name": pool},
+        optional={"options": valid_options, "desiredState": st.sampled_from(["inactive", "loaded", "launched", ""])},
+    )
+    # JSON leaves, not nested values, inside the items: generating nested ones in lists doubled the target's time
+    item = st.one_of(
+        well_formed,
+        st.fixed_dictionaries({"name": pool}, optional={"options": valid_options | options, "desiredState": states}),
+        st.fixed_dictionaries(
+            {}, optional={"name": names | json_leaves, "options": options | json_leaves, "desiredState": states}
+        ),
+        json_leaves,
+    )
+
+    @FUZZ
+    @given(
+        st.one_of(
+            st.fixed_dictionaries({"units": st.lists(well_formed, min_size=1, max_size=4)}),
+            st.fixed_dictionaries({"units": st.lists(item, max_size=4) | json_leaves}),
+            json_values,
+        ).map(lambda body: json.dumps(body).encode())
+        | st.binary(max_size=100)
+    )
+    def post(raw: bytes) -> None:
+        seen["examples"] += 1
+        before = fuzz.revision
+        status, answer = fuzz.call("POST", "/fleetpy/v1/units", data=raw, headers={"Content-Type": "application/json"})
+        assert status in (200, 400), (status, answer)
+        if status == 200:
+            counts = json.loads(answer)
+            assert sum(counts.values()) == len(json.loads(raw)["units"]), (raw, answer)
+            written = counts["created"] + counts["replaced"] + counts["updated"]
+            assert (fuzz.revision > before) == (written > 0), (raw, answer)
+            seen["written"] += written
+
+    post()
+    figure("units written", seen["written"])
+    counted(figure, "POST /fleetpy/v1/units", seen["examples"], fuzz)
 
 
 def test_queries_of_every_endpoint(fuzz: Fuzz, figure) -> None:
