@@ -660,8 +660,15 @@ async def wait_for_states(
             await asyncio.sleep(POLL)
 
 
-async def wait_for_systemd_active(client: Client, names: Sequence[str], attempts: int) -> None:
-    """After ``launched``: wait until each unit's machine reports it loaded and active in systemd."""
+async def wait_for_systemd_active(ctl: Ctl, client: Client, names: Sequence[str], attempts: int) -> None:
+    """After ``launched``: wait until each unit's machine reports it loaded and active in systemd.
+
+    ``attempts`` bounds the wait as in ``wait_for_states`` (fleetctl gave up after one attempt, FLEET-SPEC
+    §9.4). A unit that failed on its machine ends the wait at once, whatever ``attempts`` says: systemd's
+    ``failed`` stays until something starts the unit again, so waiting cannot make it active, and with the
+    default, 0, the command would never end. A unit that ``Restart=`` will try again is ``activating`` (sub
+    ``auto-restart``) between tries and is waited for.
+    """
     pending = list(names)
     deadline = time.monotonic() + ATTEMPT * (attempts if attempts > 0 else 1 << 30)
     last: dict[str, str] = {}
@@ -673,6 +680,14 @@ async def wait_for_systemd_active(client: Client, names: Sequence[str], attempts
             here = [s for s in states if unit is not None and s.machine == unit.machine]
             if here and here[0].load == "loaded" and here[0].active == "active":
                 continue
+            if here and here[0].active == "failed":
+                state = here[0]
+                legend = machine_legend(state.machine, await ctl.ips(), False)
+                raise CliError(
+                    f"Error waiting for units: Unit {name} failed on {legend}: active state {state.active} "
+                    f"(sub {state.sub})\n"
+                    f"Error waiting for systemd unit states, err: unit {name} failed"
+                )
             last[name] = f"{here[0].load}/{here[0].active}/{here[0].sub}" if here else "no state reported"
             still.append(name)
         pending = still
@@ -785,7 +800,7 @@ def _state_command(command: str, state: DesiredState, verb: str, error: str) -> 
         except TimeoutError as exc:
             raise _timed_out(exc, "Error waiting for unit states, exit status: 1") from None
         if command == "start":
-            await wait_for_systemd_active(client, wait, attempts)
+            await wait_for_systemd_active(ctl, client, wait, attempts)
 
     return body
 
@@ -904,7 +919,7 @@ def restart(ctx: click.Context, block_attempts: int, units: tuple[str, ...]) -> 
                     await wait_for_states(ctl, client, [name], state.value, block_attempts)
                 except TimeoutError as exc:
                     raise _timed_out(exc, "Error waiting for unit states, exit status: 1") from None
-            await wait_for_systemd_active(client, [name], block_attempts)
+            await wait_for_systemd_active(ctl, client, [name], block_attempts)
 
     run(ctx, body)
 

@@ -1,21 +1,27 @@
-"""The API app in-process (aiohttp's TestServer on a loopback port) on a real etcd, one key prefix per test."""
+"""The API on a real etcd, one key prefix per test: the app in-process (aiohttp's TestServer on a loopback port,
+``make_api``/``api``) or a running ``fleetpyd`` process on its unix socket (``fleetpyd``)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from fleetpy.api.app import ApiSettings, make_app
+from fleetpy.devcluster import EtcdServer
 from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.store import EtcdRegistry
 from fleetpy.unit import UnitFile
+from tests.cli.conftest import start_process, stop_process, wait_serving
 
 V1 = "/fleet/v1"
 
@@ -107,3 +113,49 @@ async def make_api(registry: EtcdRegistry, client: EtcdClient, prefix: str) -> A
 @pytest.fixture
 async def api(make_api: MakeApi) -> Api:
     return await make_api()
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+class Http:
+    """Requests to a running fleetpyd over its unix socket; a body is sent as JSON unless ``raw`` is given."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path))
+
+    async def __call__(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        all_headers = dict(JSON if data is not None and headers is None else headers or {})
+        async with self.session.request(method, f"http://fleetpyd{path}", data=data, headers=all_headers) as response:
+            return Reply(response.status, await response.read(), response.headers)
+
+
+@pytest.fixture
+async def fleetpyd(etcd: EtcdServer, prefix: str, workdir: str) -> AsyncIterator[Http]:
+    """An API-only fleetpyd with a page size of 2, so that every listing pages."""
+    name = prefix.strip("/")
+    sock = os.path.join(workdir, f"api-{name}.sock")
+    command = [
+        sys.executable, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--disable-engine", "--api-socket", sock,
+        "--etcd-servers", etcd.endpoint, "--etcd-key-prefix", prefix,
+    ]  # fmt: skip
+    env = dict(os.environ, FLEETPY_TOKEN_LIMIT="2")
+    api = start_process(command, sock, os.path.join(workdir, f"api-{name}.log"), env=env)
+    http = None
+    try:
+        wait_serving(api)
+        http = Http(sock)
+        yield http
+    finally:
+        if http is not None:
+            await http.session.close()
+        stop_process(api)

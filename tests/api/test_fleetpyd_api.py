@@ -8,20 +8,16 @@ each handler; this module checks that the daemon as shipped answers each row as 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
 
-import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetpy import __version__
-from fleetpy.devcluster import EtcdServer, free_port
+from fleetpy.devcluster import free_port
 from fleetpy.registry.store import EtcdRegistry
-from tests.api.conftest import V1, Reply, options_of
+from tests.api.conftest import JSON, V1, Http, options_of
 from tests.api.seeding import add_machine, place, report
 from tests.cli.conftest import start_process, stop_process, wait_serving
 
@@ -31,48 +27,6 @@ OTHER = "[Unit]\nDescription=Other\n\n[Service]\nExecStart=/bin/sleep 200\n"
 GLOBAL = "[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nGlobal=true\n"
 TEMPLATE = "[Service]\nExecStart=/bin/echo %i\n"
 ONLY_GET = "only GET supported against this resource"
-JSON = {"Content-Type": "application/json"}
-
-
-class Http:
-    def __init__(self, socket_path: str) -> None:
-        self.session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path))
-
-    async def __call__(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        raw: bytes | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Reply:
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        all_headers = dict(JSON if data is not None and headers is None else headers or {})
-        async with self.session.request(method, f"http://fleetpyd{path}", data=data, headers=all_headers) as response:
-            return Reply(response.status, await response.read(), response.headers)
-
-
-@pytest.fixture
-async def fleetpyd(etcd: EtcdServer, prefix: str, workdir: str) -> AsyncIterator[Http]:
-    """An API-only fleetpyd with a page size of 2, so that every listing pages."""
-    name = prefix.strip("/")
-    sock = os.path.join(workdir, f"api-{name}.sock")
-    command = [
-        sys.executable, "-m", "fleetpy.cli.fleetpyd", "--disable-agent", "--disable-engine", "--api-socket", sock,
-        "--etcd-servers", etcd.endpoint, "--etcd-key-prefix", prefix,
-    ]  # fmt: skip
-    env = dict(os.environ, FLEETPY_TOKEN_LIMIT="2")
-    api = start_process(command, sock, os.path.join(workdir, f"api-{name}.log"), env=env)
-    http = None
-    try:
-        wait_serving(api)
-        http = Http(sock)
-        yield http
-    finally:
-        if http is not None:
-            await http.session.close()
-        stop_process(api)
 
 
 async def test_every_row_of_fleets_endpoint_table(fleetpyd: Http, registry: EtcdRegistry) -> None:

@@ -288,17 +288,36 @@ async def test_a_blocking_command_reports_where_the_unit_runs(
 async def test_start_waits_for_systemd_as_long_as_its_block_attempts(
     ctl: Ctl, files: str, registry: EtcdRegistry
 ) -> None:
+    """A unit that Restart= will try again (activating/auto-restart between tries) is not final: waited for."""
     assert (await ctl("submit", write_unit(files, "hello.service", HELLO))).code == 0
     await add_machine(registry, M1, "10.0.0.1")
     await place(registry, "hello.service", M1)
-    await report(registry, M1, "hello.service", achieved=DesiredState.LAUNCHED, active="failed", sub="failed")
+    await report(registry, M1, "hello.service", achieved=DesiredState.LAUNCHED, active="activating", sub="auto-restart")
     began = time.monotonic()
     result = await ctl("start", "--block-attempts", "1", "hello.service")
     assert 1.5 < time.monotonic() - began < 8
     assert (result.code, result.out) == (1, "Unit hello.service launched on 4d389537.../10.0.0.1\n")
     assert result.err == (
         "Error waiting for units: Failed to find an active unit hello.service within 2s, err: last state "
-        "loaded/failed/failed\nError waiting for systemd unit states, err: unit hello.service is not active\n"
+        "loaded/activating/auto-restart\nError waiting for systemd unit states, err: unit hello.service is not "
+        "active\n"
+    )
+
+
+async def test_start_ends_at_once_when_systemd_reports_the_unit_failed(
+    ctl: Ctl, files: str, registry: EtcdRegistry
+) -> None:
+    """``failed`` is final: with the default block attempts (wait forever) the command still ends. A
+    subprocess, whose timeout makes a hang fail the test."""
+    assert (await ctl("submit", write_unit(files, "hello.service", HELLO))).code == 0
+    await add_machine(registry, M1, "10.0.0.1")
+    await place(registry, "hello.service", M1)
+    await report(registry, M1, "hello.service", achieved=DesiredState.LAUNCHED, active="failed", sub="failed")
+    result = await ctl.process("start", "hello.service")
+    assert (result.code, result.out) == (1, "Unit hello.service launched on 4d389537.../10.0.0.1\n")
+    assert result.err == (
+        "Error waiting for units: Unit hello.service failed on 4d389537.../10.0.0.1: active state failed (sub "
+        "failed)\nError waiting for systemd unit states, err: unit hello.service failed\n"
     )
 
 

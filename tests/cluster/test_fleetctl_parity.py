@@ -231,15 +231,43 @@ async def test_errors_and_their_exit_codes(cluster: Cluster, tmp_path) -> None:
     assert 2 <= elapsed < 15
     cluster.ctl("destroy", "nowhere", check=True)
 
-    # start honours --block-attempts in its systemd check too: a unit that never becomes active
-    failing = write_unit(str(tmp_path), "failing.service", "[Service]\nExecStart=/bin/false\n")
+    # start honours --block-attempts in its systemd check too: a unit that never becomes active. One that
+    # Restart= tries again is activating/auto-restart between tries, which is not final: the wait runs its 4 s.
+    restarting = write_unit(
+        str(tmp_path),
+        "restarting.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/false\nRestart=on-failure\nRestartSec=60\n",
+    )
     started = time.monotonic()
-    result = cluster.ctl("start", "--block-attempts", "2", failing)
+    result = cluster.ctl("start", "--block-attempts", "2", restarting)
     elapsed = time.monotonic() - started
     assert result.code == 1
-    assert "Error waiting for units: Failed to find an active unit failing.service within 4s" in result.err
-    assert "Error waiting for systemd unit states, err: unit failing.service is not active" in result.err
+    assert (
+        "Error waiting for units: Failed to find an active unit restarting.service within 4s, "
+        "err: last state loaded/activating/auto-restart\n"
+    ) in result.err
+    assert "Error waiting for systemd unit states, err: unit restarting.service is not active" in result.err
     assert 4 <= elapsed < 20, elapsed
+    cluster.ctl("destroy", "restarting", check=True)
+
+
+async def test_start_ends_with_the_failure_when_systemd_reports_the_unit_failed(cluster: Cluster, tmp_path) -> None:
+    """With the default --block-attempts (wait forever) a unit that fails in systemd used to keep ``start``
+    waiting for ever; ``failed`` is final, so the command ends and says where the unit failed. The subprocess
+    timeout makes a hang fail the test."""
+    failing = write_unit(str(tmp_path), "failing.service", "[Service]\nExecStart=/bin/false\n")
+    result = cluster.ctl("start", failing, timeout=30)
+    machine = await placed_on(cluster, "failing.service")
+    assert (result.code, result.out) == (
+        1,
+        f"Unit failing.service inactive\nUnit failing.service launched on {legend(machine)}\n",
+    )
+    assert result.err == (
+        f"Error waiting for units: Unit failing.service failed on {legend(machine)}: active state failed "
+        "(sub failed)\n"
+        "Error waiting for systemd unit states, err: unit failing.service failed\n"
+    )
+    assert await unit_status(machine.bus, "failing.service") == ("loaded", "failed", "failed")
     cluster.ctl("destroy", "failing", check=True)
 
 
