@@ -258,6 +258,30 @@ async def test_a_watch_from_a_compacted_revision_says_so(registry: EtcdRegistry)
             pass
 
 
+async def test_a_watch_resumed_from_a_revision_delivers_what_was_written_since(registry: EtcdRegistry) -> None:
+    # What a mirror relies on after its stream broke: a watch from the revision after the last one it saw gets
+    # every change made meanwhile, in order, deletes included, and nothing from before.
+    prefix = registry.keys.units
+    seen = await registry.client.put(registry.keys.unit("seen.service"), b"0")
+    missed = [
+        await registry.client.put(registry.keys.unit("a.service"), b"1"),
+        await registry.client.put(registry.keys.unit("b.service"), b"2"),
+        await registry.client.put(registry.keys.unit("a.service"), b"3"),
+    ]
+    deleted = await registry.client.delete(registry.keys.unit("b.service"))
+    events = []
+    async for event in registry.client.watch(prefix, seen + 1):
+        events.append((Keys.tail(event.key, prefix), event.deleted, event.value, event.revision))
+        if len(events) == 4:
+            break
+    assert events == [
+        ("a.service", False, b"1", missed[0]),
+        ("b.service", False, b"2", missed[1]),
+        ("a.service", False, b"3", missed[2]),
+        ("b.service", True, b"", deleted),
+    ]
+
+
 @pytest.fixture
 def own_etcd(workdir: str):  # type: ignore[no-untyped-def]
     server = EtcdServer(os.path.join(workdir, f"etcd-{uuid.uuid4().hex[:6]}"))
