@@ -12,7 +12,6 @@ from importlib import resources
 
 import click
 
-from fleetpy.cloudconfig import MemberConfig, render_cloud_config
 from fleetpy.config import parse_list, parse_metadata
 from fleetpy.errors import ConfigError, InvalidUnit
 
@@ -67,6 +66,9 @@ def cloud_config(
       fleetpyctl cloud-config --etcd https://10.0.0.1:2379 --tls-ca ca.pem --tls-cert me.pem --tls-key me.key
       fleetpyctl cloud-config --unit web.service --option agent_ttl=20s -o user-data.yaml
     """
+    # Imported here: Jinja2 and PyYAML load only for this command, not at every fleetpyctl start.
+    from fleetpy.cloudconfig import MemberConfig, render_cloud_config
+
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
     extra = []

@@ -399,9 +399,13 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
             ips = await ctl.ips()
         except (ApiError, EndpointUnavailable) as exc:
             raise CliError(f"Error retrieving list of units from repository: {exc}") from None
+        # Only what the columns show: the hash and description cost a serialisation and a parse per unit.
+        want = set(columns)
         rows, json_rows = [], []
         for unit in sorted(units, key=lambda u: u.name):
             unit_file = UnitFile(unit.options)
+            digest = unit_file.hash if "hash" in want else ""
+            desc = unit_file.description if "desc" in want else ""
             is_global = unit.is_global
             if is_global:
                 target, target_id = "global", "global"
@@ -410,29 +414,31 @@ def list_unit_files(ctx: click.Context, full: bool, no_legend: bool, fields: str
             else:
                 target, target_id = "-", None
             state = None if is_global or not unit.current else unit.current
+            if output_format == "json":
+                json_rows.append(
+                    {
+                        "desc": desc or None,
+                        "dstate": unit.desired or None,
+                        "global": is_global,
+                        "hash": digest,
+                        "reason": unit.reason or None,
+                        "state": state,
+                        "target": target_id,
+                        "tmachine": target_id,
+                        "unit": unit.name,
+                    }
+                )
+                continue
             rows.append(
                 {
-                    "desc": unit_file.description or "-",
+                    "desc": desc or "-",
                     "dstate": unit.desired or "-",
                     "global": "true" if is_global else "false",
-                    "hash": unit_file.hash if full else unit_file.hash[:7],
+                    "hash": digest if full else digest[:7],
                     "reason": unit.reason or "-",
                     "state": state or "-",
                     "target": target,
                     "tmachine": target,
-                    "unit": unit.name,
-                }
-            )
-            json_rows.append(
-                {
-                    "desc": unit_file.description or None,
-                    "dstate": unit.desired or None,
-                    "global": is_global,
-                    "hash": unit_file.hash,
-                    "reason": unit.reason or None,
-                    "state": state,
-                    "target": target_id,
-                    "tmachine": target_id,
                     "unit": unit.name,
                 }
             )
