@@ -39,6 +39,6 @@ demo: install
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
 
-## bench: the scale figures of docs/performance.md (about 5-10 minutes; root for the real-host figures)
+## bench: the scale figures of docs/performance.md (about 2-3 minutes; root for the real-host figures)
 bench: install
 	$(BIN)/python bench/run.py
