@@ -429,6 +429,9 @@ class Agent:
         elif action.kind == ActionKind.RELOAD:
             await self.systemd.reload()
         elif action.kind == ActionKind.START:
+            # systemd keeps a unit that failed before "failed" until its start job runs, which can wait behind
+            # other jobs; published meanwhile with the unit launched, that old failure would look like a new one.
+            await self.systemd.reset_failed(name)
             await self.systemd.start(name)
         elif action.kind == ActionKind.STOP:
             await self.systemd.stop(name)

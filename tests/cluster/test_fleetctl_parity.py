@@ -271,6 +271,35 @@ async def test_start_ends_with_the_failure_when_systemd_reports_the_unit_failed(
     cluster.ctl("destroy", "failing", check=True)
 
 
+async def test_a_unit_that_failed_before_is_waited_for_when_started_again(cluster: Cluster, tmp_path) -> None:
+    """A unit keeps systemd's ``failed`` until its next start job runs. Here that job waits three seconds behind
+    a oneshot it is ordered after, so the machine reports the unit launched while systemd still says ``failed``
+    from the last run, unless the agent clears that before starting it: ``start`` must wait, not report the old
+    failure."""
+    ready = tmp_path / "ready"
+    first = cluster.machines[0]
+    pin = f"\n[X-Fleet]\nMachineID={first.id}\n"
+    gate = write_unit(str(tmp_path), "gate.service", f"[Service]\nType=oneshot\nExecStart=/bin/sleep 3\n{pin}")
+    flaky = write_unit(
+        str(tmp_path),
+        "flaky.service",
+        "[Unit]\nWants=gate.service\nAfter=gate.service\n\n"
+        f"[Service]\nExecStart=/bin/sh -c 'test -e {ready} && exec sleep 600'\n{pin}",
+    )
+    cluster.ctl("load", gate, check=True)
+    assert cluster.ctl("start", flaky, timeout=60).code == 1
+    assert await unit_status(first.bus, "flaky.service") == ("loaded", "failed", "failed")
+    cluster.ctl("stop", "flaky", check=True)
+    assert await unit_status(first.bus, "flaky.service") == ("loaded", "failed", "failed"), "stop cleared it"
+
+    ready.touch()
+    result = cluster.ctl("start", "flaky", timeout=60)
+    assert (result.code, result.err) == (0, ""), result
+    assert result.out == f"Unit flaky.service launched on {legend(first)}\n"
+    assert await unit_status(first.bus, "flaky.service") == ("loaded", "active", "running")
+    cluster.ctl("destroy", "flaky", "gate", check=True)
+
+
 # -------------------------------------------------------------------------------------------- journal -f
 
 
