@@ -41,7 +41,7 @@ from fleetpy.unit import UnitOption
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 API = "/fleet/v1"
-FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints: status and journal (api/relay.py), plan (api/plan.py)
+FLEETPY_API = "/fleetpy/v1"  # fleetpy's own endpoints: status and journal, plan, batches, watch errors
 
 
 class ApiError(FleetError):
@@ -471,11 +471,13 @@ class Client:
 
         return await self._failover(attempt)
 
-    async def _pages(self, path: str, key: str, params: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    async def _pages(
+        self, path: str, key: str, params: dict[str, str] | None = None, root: str = API
+    ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         query = dict(params or {})
         while True:
-            _, payload = await self._request("GET", path, params=query)
+            _, payload = await self._request("GET", path, params=query, root=root)
             payload = payload if isinstance(payload, dict) else {}
             items.extend(i for i in payload.get(key) or [] if isinstance(i, dict))
             token = payload.get("nextPageToken")
@@ -564,7 +566,7 @@ class Client:
                 owner=_s(e, "owner"),
                 message=_s(e, "message"),
             )
-            for e in await self._pages("/watch-errors", "watchErrors")
+            for e in await self._pages("/watch-errors", "watchErrors", root=FLEETPY_API)
         ]
 
     async def unit_output(

@@ -32,7 +32,6 @@ from fleetpy.errors import InvalidUnit
 from fleetpy.model import DesiredState, UnitRecord
 from fleetpy.unit import UnitFile, validate_name
 
-PREFIX = "/fleetpy/v1"
 MAX_UNITS = 100_000
 
 

@@ -436,7 +436,7 @@ def test_queries_of_every_endpoint(fuzz: Fuzz, figure) -> None:
     seen = Counter[str]()
     paths = [
         "/fleet/v1/machines", "/fleet/v1/units", f"/fleet/v1/units/{SEEDED}", "/fleet/v1/state",
-        f"/fleet/v1/state/{SEEDED}", "/fleet/v1/watch-errors", "/fleet/v1/discovery", "/v1-alpha/units", "/metrics",
+        f"/fleet/v1/state/{SEEDED}", "/fleetpy/v1/watch-errors", "/fleet/v1/discovery", "/v1-alpha/units", "/metrics",
         f"/fleetpy/v1/units/{SEEDED}/status", f"/fleetpy/v1/units/{SEEDED}/journal", "/fleetpy/v1/units/x/status",
     ]  # fmt: skip
 

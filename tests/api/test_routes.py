@@ -22,6 +22,7 @@ MACHINE_METHODS = "only GET and PATCH supported against this resource"
         pytest.param("/machines/abc", id="a single machine"),
         pytest.param("/state/a.service/b", id="a state path with two segments"),
         pytest.param("/nothing", id="an unknown resource"),
+        pytest.param("/watch-errors", id="fleetpy's own endpoint, which lives under /fleetpy/v1"),
     ],
 )
 async def test_unknown_paths_are_404_with_an_empty_message(api: Api, base: str, path: str) -> None:
@@ -66,6 +67,12 @@ async def test_other_methods_are_405_with_fleets_messages(
         reply = await api.call(method, base + path, json={"desiredState": "launched"})
     assert reply.status == 405
     assert reply.error == (405, message)
+
+
+async def test_fleetpys_own_listing_lives_under_its_own_prefix(api: Api) -> None:
+    assert (await api.get("/fleetpy/v1/watch-errors")).status == 200
+    reply = await api.call("POST", "/fleetpy/v1/watch-errors")
+    assert reply.error == (405, ONLY_GET)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
