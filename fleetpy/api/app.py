@@ -30,7 +30,6 @@ from fleetpy.unit import UnitFile, UnitOption, name_info, validate_name, validat
 log = logging.getLogger(__name__)
 
 PREFIXES = ("/fleet/v1", "/v1-alpha")
-FLEETPY_PREFIX = "/fleetpy/v1"  # fleetpy's own endpoints, so that fleet's stay fleet's
 MAX_BODY = 1024 * 1024  # fleet's API requests
 MAX_REQUEST = 64 * 1024 * 1024  # the batch endpoint's; every handler enforces its own limit
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -419,10 +418,10 @@ def make_app(registry: ApiRegistry, settings: ApiSettings | None = None) -> web.
     relay.add_routes(app, registry)
     metrics.add_routes(app, registry, app[SETTINGS].metrics)
     plan.add_routes(app)
-    app.router.add_route("POST", f"{FLEETPY_PREFIX}/units", batch.post_units)
-    app.router.add_route("GET", f"{FLEETPY_PREFIX}/watch-errors", list_watch_errors)
+    app.router.add_route("POST", f"{schema.FLEETPY_PREFIX}/units", batch.post_units)
+    app.router.add_route("GET", f"{schema.FLEETPY_PREFIX}/watch-errors", list_watch_errors)
     app.router.add_route(
-        "*", f"{FLEETPY_PREFIX}/watch-errors", _method_not_allowed("only GET supported against this resource")
+        "*", f"{schema.FLEETPY_PREFIX}/watch-errors", _method_not_allowed("only GET supported against this resource")
     )
     app.router.add_route("*", "/", _method_not_allowed(""))
     app.router.add_route("*", "/{tail:.*}", not_found)

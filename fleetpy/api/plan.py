@@ -34,7 +34,7 @@ from fleetpy.model import DesiredState, Machine, MachineID, ScheduleEntry, UnitR
 from fleetpy.plan import ClusterSnapshot, Preview, preview
 from fleetpy.unit import validate_name
 
-PATH = "/fleetpy/v1/plan"
+PATH = f"{schema.FLEETPY_PREFIX}/plan"
 MAX_UNITS = 1000
 
 

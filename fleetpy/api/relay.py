@@ -28,13 +28,12 @@ from typing import Any
 from aiohttp import web
 
 from fleetpy import __version__
-from fleetpy.api.schema import BadRequest
+from fleetpy.api.schema import FLEETPY_PREFIX, BadRequest
 from fleetpy.errors import Conflict, FleetError, UnitNotFound
 from fleetpy.model import MachineID
 from fleetpy.registry.base import ApiRegistry
 from fleetpy.relay import END, STARTED, BadRelayRequest, Kind, RelayRequest, decode_end
 
-PREFIX = "/fleetpy/v1"
 LEASE_TTL = 10  # seconds; kept alive while the response streams
 ANSWER_TIMEOUT = 10.0  # a machine that has not started the command by then did not answer
 HEARTBEAT = 5.0
@@ -204,5 +203,5 @@ async def _write(
 def add_routes(app: web.Application, registry: ApiRegistry) -> None:
     """Register the routes; call before any catch-all route."""
     app[RELAY] = registry
-    app.router.add_route("GET", PREFIX + "/units/{name}/{kind:status|journal}", unit_output)
-    app.router.add_route("POST", PREFIX + "/units/{name}/{kind:restart}", unit_output)
+    app.router.add_route("GET", FLEETPY_PREFIX + "/units/{name}/{kind:status|journal}", unit_output)
+    app.router.add_route("POST", FLEETPY_PREFIX + "/units/{name}/{kind:restart}", unit_output)

@@ -15,6 +15,8 @@ from fleetpy.model import DesiredState, Machine, UnitState
 from fleetpy.unit import UnitOption
 from fleetpy.watchplan import WatchError
 
+FLEETPY_PREFIX = "/fleetpy/v1"  # fleetpy's own endpoints, so that fleet's paths stay fleet's
+
 
 class BadRequest(ValueError):
     """A request the API answers with 400 and this message."""
