@@ -17,7 +17,7 @@ from fleetpy.registry.etcd import EtcdClient, parse_endpoints
 from fleetpy.registry.ops import MAX_TXN_BYTES, MAX_TXN_OPS, Compacted
 from fleetpy.registry.store import EtcdRegistry
 from fleetpy.unit import UnitFile
-from tests.support import wait_for
+from tests.support import etcd_server, wait_for
 
 BODY = "[Service]\nExecStart=/bin/sleep 100\n"
 
@@ -284,10 +284,8 @@ async def test_a_watch_resumed_from_a_revision_delivers_what_was_written_since(r
 
 @pytest.fixture
 def own_etcd(workdir: str):  # type: ignore[no-untyped-def]
-    server = EtcdServer(os.path.join(workdir, f"etcd-{uuid.uuid4().hex[:6]}"))
-    server.start()
-    yield server
-    server.kill()
+    with etcd_server(os.path.join(workdir, f"etcd-{uuid.uuid4().hex[:6]}")) as server:
+        yield server
 
 
 async def test_a_mirror_resumes_after_etcd_restarts_and_misses_nothing(own_etcd: EtcdServer) -> None:

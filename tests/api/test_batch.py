@@ -27,6 +27,7 @@ from fleetpy.registry.etcd import EtcdClient
 from fleetpy.registry.ops import MAX_TXN_BYTES, MAX_TXN_OPS
 from fleetpy.registry.store import EtcdRegistry
 from tests.api.conftest import Api, Reply, hash_of, options_of
+from tests.support import etcd_server
 
 BATCH = "/fleetpy/v1/units"
 HELLO = "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100\n"
@@ -39,10 +40,8 @@ NOTHING = {"created": 0, "replaced": 0, "updated": 0, "unchanged": 0}
 @pytest.fixture(scope="module")
 def etcd(workdir: str) -> Iterator[EtcdServer]:
     """This module's own etcd (it replaces the session's for the ``client`` fixture)."""
-    server = EtcdServer(os.path.join(workdir, f"etcd-batch-{uuid.uuid4().hex[:8]}"))
-    server.start()
-    yield server
-    server.kill()
+    with etcd_server(os.path.join(workdir, f"etcd-batch-{uuid.uuid4().hex[:8]}")) as server:
+        yield server
 
 
 @pytest.fixture

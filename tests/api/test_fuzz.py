@@ -37,6 +37,7 @@ from fleetpy.registry.store import EtcdRegistry
 from fleetpy.systemd.unitdir import UnitDirectory
 from fleetpy.unit import UNIT_TYPES, UnitFile, validate_name
 from tests.api.conftest import options_of
+from tests.support import etcd_server
 
 EXAMPLES = 2000
 FUZZ = settings(
@@ -97,10 +98,8 @@ class Fuzz:
 def fuzz_etcd(workdir: str) -> Iterator[EtcdServer]:
     """An etcd of the fuzz tests' own: "nothing was written" is checked on etcd's revision, which a daemon of
     another test module still winding down on the shared etcd could move."""
-    server = EtcdServer(os.path.join(workdir, f"etcd-fuzz-{uuid.uuid4().hex[:8]}"))
-    server.start()
-    yield server
-    server.kill()
+    with etcd_server(os.path.join(workdir, f"etcd-fuzz-{uuid.uuid4().hex[:8]}")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
